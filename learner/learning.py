@@ -1,0 +1,235 @@
+"""The policy learner: a pure, jittable V-trace update and ``PolicyLearner``, the thin shell around it.
+
+Acme style: ``LearnerState`` is a small NamedTuple; ``make_update_step(agent, config)`` returns a
+pure ``update_step(state, batch) -> (state, metrics)`` that the fused one-GPU runtime can call
+inside its own ``jit``/``scan``; ``PolicyLearner`` jits it, holds the state, counts, checks
+batches and checkpoints (orbax). Ray wraps ``PolicyLearner`` elsewhere; nothing here imports Ray.
+
+The update (SPIRAL.md §5): teacher-forced logits and values, V-trace with the batch's rewards,
+loss = policy gradient + 0.5 × baseline + entropy_cost × (−entropy) (``spiral.learner.losses``),
+global-norm clip 40, Adam(β1 0.5, β2 0.999, ε 1e-8). A step whose loss or gradients are not
+finite is refused inside the jitted function: parameters and optimiser state are kept (a select,
+not a branch), ``skipped_updates`` counts it and the metrics report ``update_applied = 0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from spiral.learner import losses
+from spiral.learner.agent import Agent
+from spiral.learner.config import AgentConfig, PolicyLearnerConfig
+from spiral.learner.types import FIRST, LAST, Trajectory, batch_to_time_major, check_trajectory
+
+Array = jax.Array
+Metrics = dict
+
+
+class Hyperparams(NamedTuple):
+    """Hyperparameters that population-based training may change between updates (no recompile)."""
+    learning_rate: Array  # float32 []
+    entropy_cost: Array   # float32 []
+
+
+class LearnerState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: Array             # int32 []: updates applied so far = the version of ``params``
+    rng: Array              # uint32 [2]: the learner's key; the update itself draws no randomness
+    skipped_updates: Array  # int32 []: updates refused for a non-finite loss or gradient
+    hyperparams: Hyperparams
+
+
+def make_optimizer(config: PolicyLearnerConfig) -> optax.GradientTransformation:
+    """Global-norm clip, then Adam's scaling; the learning rate is applied by the update step
+    from ``LearnerState.hyperparams`` so it can change without recompiling."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm),
+        optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps))
+
+
+def init_learner_state(agent: Agent, config: PolicyLearnerConfig, rng: Array,
+                       params: Any = None) -> LearnerState:
+    """Fresh learner state: parameters from ``rng`` (unless given), zero counters."""
+    params_rng, learner_rng = jax.random.split(rng)
+    if params is None:
+        params = agent.init(params_rng)
+    return LearnerState(
+        params=params,
+        opt_state=make_optimizer(config).init(params),
+        step=jnp.zeros((), jnp.int32),
+        rng=learner_rng,
+        skipped_updates=jnp.zeros((), jnp.int32),
+        hyperparams=Hyperparams(jnp.asarray(config.learning_rate, jnp.float32),
+                                jnp.asarray(config.entropy_cost, jnp.float32)))
+
+
+def make_update_step(agent: Agent, config: PolicyLearnerConfig
+                     ) -> Callable[[LearnerState, Trajectory], tuple[LearnerState, Metrics]]:
+    """The pure update ``update_step(state, batch) -> (state, metrics)``.
+
+    ``batch`` is a ``Trajectory`` batch ([B, T+1] observations, see ``spiral.learner.types``);
+    shapes and dtypes are checked when it is traced (``ValueError`` naming the field).
+    """
+    optimizer = make_optimizer(config)
+
+    def loss_fn(params, tm: Trajectory, entropy_cost):
+        is_first = tm.step_type == FIRST
+        # An action taken at a LAST observation is the dummy one before an auto-reset.
+        valid = (tm.step_type[:-1] != LAST).astype(jnp.float32)
+        out = agent.unroll(params, tm.observation, is_first, tm.action, tm.initial_state,
+                           tm.noise)
+        hyper = losses.LossHyperparams(entropy_cost, config.baseline_cost,
+                                       config.clip_rho_threshold, config.clip_pg_rho_threshold,
+                                       config.clip_c_threshold)
+        return losses.impala_loss(out.logits, tm.behaviour_logits, tm.action, out.values,
+                                  tm.reward, tm.discount * config.discount, valid, hyper)
+
+    def update_step(state: LearnerState, batch: Trajectory) -> tuple[LearnerState, Metrics]:
+        check_trajectory(batch, agent.config, batched=True)
+        tm = batch_to_time_major(batch)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, tm, state.hyperparams.entropy_cost)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        lr = state.hyperparams.learning_rate
+        params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+        new_state = state._replace(
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            step=state.step + ok.astype(jnp.int32),
+            skipped_updates=state.skipped_updates + (~ok).astype(jnp.int32))
+
+        lag = (state.step - batch.policy_version).astype(jnp.float32)
+        metrics = dict(metrics)
+        metrics.update({
+            "grad_norm": grad_norm,
+            "update_applied": ok.astype(jnp.float32),
+            "skipped_updates": new_state.skipped_updates,
+            "step": new_state.step,
+            "learning_rate": lr,
+            "entropy_cost": state.hyperparams.entropy_cost,
+            "policy_lag_mean": jnp.mean(lag),
+            "policy_lag_max": jnp.max(lag),
+        })
+        return new_state, metrics
+
+    return update_step
+
+
+class PolicyLearner:
+    """Holds a ``LearnerState``, runs the jitted update on batches of trajectories, checkpoints.
+
+    Args:
+      agent_config: the network and action space (must match the actors').
+      config: the update's hyperparameters.
+      seed: seeds the initial parameters and the learner's key.
+      params: optional initial parameters (e.g. from a pretrained agent).
+    """
+
+    def __init__(self, agent_config: AgentConfig,
+                 config: PolicyLearnerConfig = PolicyLearnerConfig(), seed: int = 0,
+                 params: Any = None):
+        self.agent_config = agent_config
+        self.config = config
+        self.agent = Agent(agent_config, config.compute_dtype, config.transposed_conv)
+        self.update_step = make_update_step(self.agent, config)
+        # Donating the state lets XLA update parameters in place; the CPU backend ignores it.
+        donate = () if jax.default_backend() == "cpu" else (0,)
+        self._jitted_update = jax.jit(self.update_step, donate_argnums=donate)
+        self._state = init_learner_state(self.agent, config, jax.random.PRNGKey(seed), params)
+        self.num_calls = 0
+
+    # --------------------------------------------------------------------------- state
+    @property
+    def state(self) -> LearnerState:
+        return self._state
+
+    @property
+    def params(self):
+        return self._state.params
+
+    @property
+    def step(self) -> int:
+        """Updates applied so far: the version number of ``params``."""
+        return int(self._state.step)
+
+    @property
+    def skipped_updates(self) -> int:
+        return int(self._state.skipped_updates)
+
+    def get_state(self) -> LearnerState:
+        return self._state
+
+    def set_state(self, state: LearnerState) -> None:
+        if jax.tree.structure(state) != jax.tree.structure(self._state):
+            raise ValueError("set_state: the state's structure does not match this learner's "
+                             "(different AgentConfig or PolicyLearnerConfig?).")
+        self._state = state
+
+    def set_hyperparameters(self, learning_rate: Optional[float] = None,
+                            entropy_cost: Optional[float] = None) -> None:
+        """Change the learning rate / entropy cost (population-based training); no recompile."""
+        hp = self._state.hyperparams
+        for name, value in (("learning_rate", learning_rate), ("entropy_cost", entropy_cost)):
+            if value is not None and not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        self._state = self._state._replace(hyperparams=Hyperparams(
+            hp.learning_rate if learning_rate is None else jnp.asarray(learning_rate, jnp.float32),
+            hp.entropy_cost if entropy_cost is None else jnp.asarray(entropy_cost, jnp.float32)))
+
+    # --------------------------------------------------------------------------- update
+    def update(self, batch: Trajectory, fetch_metrics: bool = True) -> Metrics:
+        """One update on a batch of trajectories ([B, ...], see ``stack_trajectories``).
+
+        Returns the metrics as Python floats (``fetch_metrics=False``: as device arrays, without
+        waiting for the update to finish). A refused update logs a warning.
+        """
+        check_trajectory(batch, self.agent_config, batched=True)
+        self._state, metrics = self._jitted_update(self._state, batch)
+        self.num_calls += 1
+        if not fetch_metrics:
+            return metrics
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if metrics["update_applied"] == 0.0:
+            logging.warning("PolicyLearner refused update %d: non-finite loss (%s) or gradient norm "
+                            "(%s); parameters unchanged (%d refused so far).", self.num_calls,
+                            metrics["total_loss"], metrics["grad_norm"],
+                            int(metrics["skipped_updates"]))
+        return metrics
+
+    # --------------------------------------------------------------------------- checkpoints
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> str:
+        """Write parameters, optimiser state, counters, hyperparameters and the key (orbax).
+
+        ``directory`` must not exist unless ``overwrite``. Returns its absolute path.
+        """
+        path = os.path.abspath(os.fspath(directory))
+        if os.path.exists(path) and not overwrite:
+            raise ValueError(f"Checkpoint directory {path} exists; pass overwrite=True or choose "
+                             f"another directory.")
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(path, jax.device_get(self._state), force=overwrite)
+            checkpointer.wait_until_finished()
+        return path
+
+    def restore(self, directory: str | os.PathLike) -> None:
+        """Load a checkpoint written by ``save`` of a learner with the same configs."""
+        path = os.path.abspath(os.fspath(directory))
+        if not os.path.isdir(path):
+            raise ValueError(f"No checkpoint at {path}.")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._state)
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(path, abstract)
+        self.set_state(jax.tree.map(jnp.asarray, restored))
