@@ -1,0 +1,113 @@
+"""What a run shows while it trains: a progress line on stdout and TensorBoard scalars and images.
+
+One progress line every few seconds (updates, steps/s, policy lag, queue waits, reward, critic
+scores), the same numbers as TensorBoard scalars, and sample canvases as image summaries. Shared
+by every runtime (local, Ray, fused) so their logs read the same.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Mapping, TextIO
+
+import numpy as np
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2,
+               pad_value: float = 0.5) -> np.ndarray:
+    """Tile images [N, H, W, C] (float in [0, 1] or uint8) into one [H', W', C] uint8 image."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"image_grid needs [N, H, W, C] images, got shape {images.shape}.")
+    if images.dtype != np.uint8:
+        images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+    n, h, w, c = images.shape
+    columns = columns or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / columns))
+    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c),
+                   int(round(pad_value * 255)), np.uint8)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y:y + h, x:x + w] = images[i]
+    return grid
+
+
+# Keys shown on the progress line, in order, with their format. Missing keys are skipped.
+_LINE = (
+    ("updates", "upd {:,.0f}"),
+    ("disc_updates", "D upd {:,.0f}"),
+    ("actor_steps_per_s", "act {:,.0f} st/s"),
+    ("learner_steps_per_s", "learn {:,.0f} st/s"),
+    ("policy_lag_mean", "lag {:.1f}"),
+    ("policy_lag_max", "max {:.0f}"),
+    ("consumer_wait_frac", "learner waits {:.0%}"),
+    ("producer_wait_frac", "actors wait {:.0%}"),
+    ("dropped_stale", "dropped {:,.0f}"),
+    ("mean_episode_return", "return {:+.3f}"),
+    ("d_real", "D(real) {:+.3f}"),
+    ("d_fake", "D(fake) {:+.3f}"),
+    ("policy_loss", "pi loss {:+.3f}"),
+    ("entropy", "H {:.2f}"),
+)
+
+
+def progress_line(values: Mapping[str, float], elapsed_s: float) -> str:
+    hours, rest = divmod(int(elapsed_s), 3600)
+    parts = [f"[{hours:02d}:{rest // 60:02d}:{rest % 60:02d}]"]
+    for key, fmt in _LINE:
+        if key in values and values[key] is not None and np.isfinite(values[key]):
+            parts.append(fmt.format(values[key]))
+    return " | ".join(parts)
+
+
+class Monitor:
+    """Progress line every ``print_every_s`` seconds, TensorBoard scalars and images in ``logdir``."""
+
+    def __init__(self, logdir: str | None, print_every_s: float = 5.0, stream: TextIO = sys.stdout):
+        self._writer = None
+        if logdir:
+            from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+            self._writer = SummaryWriter(logdir, flush_secs=10)
+        self._print_every_s = print_every_s
+        self._stream = stream
+        self._start = time.monotonic()
+        self._last_print = -math.inf
+        self.lines_printed = 0
+
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = ""):
+        if self._writer is None:
+            return
+        for key, value in values.items():
+            if value is None:
+                continue
+            value = float(value)
+            if np.isfinite(value):
+                self._writer.add_scalar(prefix + key, value, step)
+
+    def images(self, step: int, tag: str, images: np.ndarray):
+        if self._writer is None:
+            return
+        self._writer.add_image(tag, image_grid(images), step, dataformats="HWC")
+
+    def progress(self, step: int, values: Mapping[str, float], force: bool = False) -> bool:
+        """Log ``values`` as scalars; print the progress line if the interval has passed."""
+        self.scalars(step, values)
+        now = time.monotonic()
+        if not force and now - self._last_print < self._print_every_s:
+            return False
+        self._last_print = now
+        print(progress_line(values, now - self._start), file=self._stream, flush=True)
+        self.lines_printed += 1
+        return True
+
+    def flush(self):
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,113 @@
+"""The runtime's plumbing on the local backend: queue bounds and staleness, parameter service, logs."""
+
+import io
+
+import numpy as np
+import pytest
+
+from spiral.actors import backend as backend_lib
+from spiral.actors import monitoring
+from spiral.actors.parameter_server import ParameterServer
+from spiral.actors.trajectory_queue import TrajectoryQueue
+
+
+class FakeActor:
+    """Returns (metadata, trajectory) like an actor; its policy version comes from a shared clock."""
+
+    def __init__(self, index, clock, fail_on=()):
+        self.index, self.clock, self.fail_on = index, clock, set(fail_on)
+        self.calls = 0
+
+    def unroll(self):
+        self.calls += 1
+        if self.calls in self.fail_on:
+            raise RuntimeError(f"actor {self.index} crashed")
+        meta = {"actor": self.index, "call": self.calls, "policy_version": self.clock["version"]}
+        return meta, np.full((3,), self.calls)
+
+
+def _queue(num_actors=2, capacity=3, max_policy_lag=2, fail_on=(), on_failure=None):
+    be = backend_lib.LocalBackend()
+    clock = {"version": 0}
+    objs = [FakeActor(i, clock, fail_on) for i in range(num_actors)]
+    handles = [be.create(lambda o=o: o) for o in objs]
+    q = TrajectoryQueue(be, handles, capacity=capacity, max_policy_lag=max_policy_lag,
+                        on_actor_failure=on_failure)
+    return be, clock, objs, q
+
+
+def test_queue_bound_holds_and_unrolls_arrive_in_order_per_actor():
+    be, clock, objs, q = _queue(num_actors=2, capacity=3)
+    seen = {0: [], 1: []}
+    for version in range(10):
+        clock["version"] = version
+        batch = q.get(2, learner_version=version)
+        assert len(q) <= q.capacity
+        for meta, ref in batch:
+            seen[meta["actor"]].append(meta["call"])
+            np.testing.assert_array_equal(be.get(ref), np.full((3,), meta["call"]))
+    for calls in seen.values():
+        assert calls == sorted(calls) and len(set(calls)) == len(calls)
+    # The bound means no actor ever ran more than `capacity` unrolls ahead of consumption.
+    assert sum(o.calls for o in objs) <= q.stats.unrolls_consumed + q.capacity
+
+
+def test_stale_unrolls_are_dropped_and_counted():
+    be, clock, objs, q = _queue(num_actors=1, capacity=2, max_policy_lag=1)
+    q.get(1, learner_version=0)  # the actor is sent its next unroll, which acts at version 0
+    clock["version"] = 5         # the learner moves on; actors now act with version 5
+    batch = q.get(1, learner_version=5)
+    assert q.stats.unrolls_dropped_stale == 1  # the unroll made at version 0 was 5 behind
+    assert [m["policy_version"] for m, _ in batch] == [5]
+    assert q.lag_summary()["policy_lag_max"] == 0
+
+
+def test_failed_unrolls_are_reported_and_the_actor_is_used_again():
+    failures = []
+    be, clock, objs, q = _queue(num_actors=2, capacity=2, fail_on={2},
+                                on_failure=lambda i, e: failures.append((i, str(e))))
+    got = []
+    for _ in range(4):
+        got += q.get(1, learner_version=0)
+    assert len(failures) == 2 and {i for i, _ in failures} == {0, 1}
+    assert q.stats.unrolls_failed == 2
+    assert {m["actor"] for m, _ in got} == {0, 1}
+
+
+def test_queue_rejects_capacity_below_actor_count():
+    with pytest.raises(ValueError, match="capacity"):
+        _queue(num_actors=3, capacity=2)
+
+
+def test_parameter_server_versions_only_move_forward():
+    ps = ParameterServer()
+    assert ps.latest("policy") is None
+    ps.publish("policy", 3, ["p3"])
+    assert ps.publish("policy", 2, ["p2"]) == 3  # an older publish arriving late is ignored
+    assert ps.latest("policy", have_version=-1) == (3, ["p3"])
+    assert ps.latest("policy", have_version=3) is None
+    ps.publish("policy", 4, ["p4"])
+    assert ps.latest("policy", have_version=3) == (4, ["p4"])
+    assert ps.versions() == {"policy": 4}
+
+
+def test_image_grid_places_each_image():
+    images = np.stack([np.full((4, 5, 1), i / 10, np.float32) for i in range(5)])
+    grid = monitoring.image_grid(images, columns=3, pad=1, pad_value=1.0)
+    assert grid.shape == (2 * 5 + 1, 3 * 6 + 1, 1) and grid.dtype == np.uint8
+    assert grid[1, 1, 0] == 0 and grid[1 + 5, 1 + 6, 0] == round(0.4 * 255)
+    assert grid[0, 0, 0] == 255  # padding
+    with pytest.raises(ValueError, match="N, H, W, C"):
+        monitoring.image_grid(np.zeros((4, 5)))
+
+
+def test_monitor_prints_at_most_once_per_interval(tmp_path):
+    out = io.StringIO()
+    mon = monitoring.Monitor(str(tmp_path), print_every_s=3600, stream=out)
+    assert mon.progress(1, {"updates": 1, "policy_lag_mean": 0.5, "d_real": float("nan")})
+    assert not mon.progress(2, {"updates": 2})
+    mon.images(2, "samples", np.zeros((4, 8, 8, 1), np.float32))
+    mon.close()
+    line = out.getvalue().strip()
+    assert line.count("\n") == 0 and "upd 1" in line and "lag 0.5" in line and "D(real)" not in line
+    assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard event file written"
