@@ -38,10 +38,13 @@ class DiscriminatorConfig:
       gp_target: the target input-gradient norm (slope) of the penalty; 1 as in SPIRAL and WGAN-GP.
       mean_penalty: weight ε of ε·(½(E[D(real)] + E[D(fake)]))² (wgan_gp only). A Wasserstein
         critic is defined up to an additive constant; this pins the constant so the mean critic
-        output over real and fake stays near 0 (SPIRAL.md §3) without touching the critic's shape.
-        It acts on the mean only, so it cannot fight the Wasserstein terms (which are blind to a
-        constant); 1e-3 keeps it small next to them. Under Adam the final bias still moves back
-        to 0 at about the learning rate per step, whatever the weight.
+        output over real and fake stays near 0 (SPIRAL.md §3). It acts on the batch mean only, so
+        it costs nothing once the critic is centred and never fights the Wasserstein terms (which
+        are blind to a constant). Default 1 [choice, measured]: with 1e-3 (the size of
+        ProGAN's drift penalty) the mean drifted to about −60 within 150 updates of MNIST vs blank
+        canvases (Adam moves the final bias only about one learning rate per step, and a tiny
+        penalty barely steers the other weights), while with 1 it stayed within ±0.1 and the critic
+        separated the data as well (98% held-out accuracy in both runs).
       sngan_reward: the reward an SN-GAN discriminator gives for logit l: "log_sigmoid" (log σ(l),
         the non-saturating generator objective, ≤ 0) or "logit" (l itself, unbounded).
       learning_rate, b1, b2, eps: Adam (SPIRAL: 1e-4, 0.5, 0.999, 1e-8).
@@ -59,7 +62,7 @@ class DiscriminatorConfig:
     spectral_norm: Optional[bool] = None
     gp_weight: float = 1.0
     gp_target: float = 1.0
-    mean_penalty: float = 1e-3
+    mean_penalty: float = 1.0
     sngan_reward: str = "log_sigmoid"
     learning_rate: float = 1e-4
     b1: float = 0.5

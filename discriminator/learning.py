@@ -191,26 +191,30 @@ class DiscriminatorLearner:
     # ---- checkpoints -------------------------------------------------------------------------
 
     def save(self, directory, max_to_keep: Optional[int] = 3) -> pathlib.Path:
-        """Writes the state (and the config, for a compatibility check) under ``directory/<step>``."""
+        """Writes the state, the config (checked on restore) and the seed under ``directory/<step>``."""
         import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed here
         directory = pathlib.Path(directory).resolve()
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         with ocp.CheckpointManager(directory, options=options) as manager:
             manager.save(self.step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_state_to_tree(self._state)),
-                config=ocp.args.JsonSave(_config_to_json(self.config))))
+                learner=ocp.args.JsonSave({"config": _config_to_json(self.config), "seed": self.seed})))
             manager.wait_until_finished()
         return directory / str(self.step)
 
     def restore(self, directory, step: Optional[int] = None) -> int:
-        """Loads the latest (or the given) checkpoint under ``directory``; returns its step."""
+        """Loads the latest (or the given) checkpoint under ``directory``; returns its step.
+
+        Takes the saved seed too, so ``train_step`` draws the batches the saved run would have.
+        """
         import orbax.checkpoint as ocp
         directory = pathlib.Path(directory).resolve()
         with ocp.CheckpointManager(directory) as manager:
             step = manager.latest_step() if step is None else step
             if step is None:
                 raise FileNotFoundError(f"No discriminator checkpoint under {directory}.")
-            saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+            saved = manager.restore(step, args=ocp.args.Composite(learner=ocp.args.JsonRestore()))["learner"]
+            saved_config = saved["config"]
             differences = {k: (v, saved_config.get(k)) for k, v in _config_to_json(self.config).items()
                            if saved_config.get(k) != v}
             if differences:
@@ -219,6 +223,7 @@ class DiscriminatorLearner:
             abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_to_tree(self._state))
             tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
         self._state = _state_from_tree(tree, self._state)
+        self.seed = int(saved["seed"])  # the host sampling stream continues from the saved run
         return int(step)
 
 
