@@ -3,4 +3,19 @@
 One job: turn a sequence of discrete brush actions into canvases, faithfully to SPIRAL
 (see ``../shared/docs/SPIRAL.md`` §1 and ``RENDERER.md``), plus loaders for the real images
 those canvases are compared with. No learning code lives here, and nothing here imports Ray.
+
+Public API:
+
+* ``PaintEnv``: the ``dm_env.Environment`` (engines "numba" (default), "jax", "libmypaint");
+* ``PaintConfig``: its options as a frozen dataclass (static config of the batched JAX engine);
+* ``Program``, ``Stroke``, ``Jump``, ``render_program``: an episode's strokes, JSON, replay;
+* ``observe_canvas``: the agent's 64×64 quantised view of a full-resolution canvas;
+* ``spiral.envs.jax_engine``: the batched, jittable ``reset``/``step`` (imported on demand);
+* ``spiral.envs.specs``: the action/observation contract; ``spiral.envs.stroke``: the brush spec.
 """
+
+from spiral.envs.config import PaintConfig
+from spiral.envs.paint_env import PaintEnv, observe_canvas
+from spiral.envs.program import Jump, Program, Stroke, render_program
+
+__all__ = ["PaintConfig", "PaintEnv", "observe_canvas", "Program", "Stroke", "Jump", "render_program"]

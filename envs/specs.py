@@ -120,6 +120,14 @@ def check_action(action: Mapping[str, object], spec: Mapping[str, specs.Discrete
     out = {}
     for key, s in spec.items():
         value = action[key]
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            # Fast path for plain integer scalars (what actors send); same checks, no array.
+            v = int(value)
+            if not 0 <= v < s.num_values:
+                raise ValueError(f"Action key '{key}' = {v} is out of range; valid range is "
+                                 f"[0, {s.num_values - 1}].")
+            out[key] = v
+            continue
         arr = np.asarray(value)
         if arr.shape != ():
             raise ValueError(f"Action key '{key}' must be a scalar integer in [0, {s.num_values - 1}], "

@@ -1,0 +1,103 @@
+"""The paint environment's options, as one frozen (hashable) dataclass shared by every engine.
+
+``PaintConfig`` is what ``PaintEnv`` takes apart into keyword options, what the batched JAX engine
+keeps as static (compile-time) data, and what ``render_program`` needs to replay strokes. It also
+derives the few numbers that follow from the options: channels, the pixel radius of each brush
+size at this canvas width, the ink and background values.
+
+Resolution independence (SPIRAL++ renders at 256 and shows the agent 64): at ``canvas_width`` W
+every length is scaled by ``W / 64``, grid positions as ``W * c / grid_width`` and brush radii as
+``size * W / 64``, so one program looks the same at any resolution. The agent always sees 64×64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Tuple
+
+from spiral.envs import specs
+
+# The agent's and the discriminator's canvas width (SPIRAL.md §1); larger canvases are downsampled.
+OBSERVATION_WIDTH = 64
+BACKGROUNDS = ("white", "black")
+RENDERERS = ("numba", "jax", "libmypaint")
+
+
+@dataclasses.dataclass(frozen=True)
+class PaintConfig:
+    """Options of the paint environment (SPIRAL.md §1). Frozen and hashable: static under ``jit``.
+
+    Attributes:
+      canvas_width: rendering resolution W; a multiple of 64 (64, 128, 256). Observations are 64×64.
+      grid_width: the `end` / `control` grid is grid_width × grid_width; cell c sits at W·c/grid_width.
+      episode_length: steps per episode in the environment's count: reset + (episode_length − 1) actions.
+      brush_sizes: brush radii in pixels of a 64-wide canvas (scaled by W/64).
+      use_color: colour canvas (3 channels, `red`/`green`/`blue` actions) or grayscale (1 channel).
+      use_pressure: expose the `pressure` key; without it pressure is 1.0.
+      background: "white" (grayscale ink is black) or "black" (grayscale ink is white).
+      conditional: observations carry a `target` image drawn from a dataset.
+      l2_reward: conditional only: reward −Σ(canvas − target)² on the last step.
+    """
+
+    canvas_width: int = 64
+    grid_width: int = 32
+    episode_length: int = 20
+    brush_sizes: Tuple[float, ...] = specs.DEFAULT_BRUSH_SIZES
+    use_color: bool = False
+    use_pressure: bool = True
+    background: str = "white"
+    conditional: bool = False
+    l2_reward: bool = False
+
+    def __post_init__(self):
+        # Normalise sequences to tuples so the config stays hashable whatever the caller passed.
+        object.__setattr__(self, "brush_sizes", tuple(float(s) for s in self.brush_sizes))
+        w = self.canvas_width
+        if not isinstance(w, int) or w < OBSERVATION_WIDTH or w % OBSERVATION_WIDTH:
+            raise ValueError(f"canvas_width must be a multiple of {OBSERVATION_WIDTH} (64, 128, 256), got {w!r}.")
+        if not isinstance(self.grid_width, int) or self.grid_width < 2:
+            raise ValueError(f"grid_width must be an int >= 2, got {self.grid_width!r}.")
+        if not isinstance(self.episode_length, int) or self.episode_length < 2:
+            raise ValueError(f"episode_length must be an int >= 2 (reset + at least one action), "
+                             f"got {self.episode_length!r}.")
+        if not self.brush_sizes or min(self.brush_sizes) <= 0 or not all(map(math.isfinite, self.brush_sizes)):
+            raise ValueError(f"brush_sizes must be a non-empty list of positive radii, got {self.brush_sizes}.")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}.")
+        if self.l2_reward and not self.conditional:
+            raise ValueError("l2_reward=True needs conditional=True (the reward compares to a target).")
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return 3 if self.use_color else 1
+
+    @property
+    def scale(self) -> int:
+        """Pixels of this canvas per pixel of a 64-wide canvas."""
+        return self.canvas_width // OBSERVATION_WIDTH
+
+    @property
+    def action_keys(self) -> tuple:
+        return specs.action_keys(self.brush_sizes, self.use_color, self.use_pressure)
+
+    @property
+    def pixel_radii(self) -> tuple:
+        """Brush radius of each size index, in pixels of this canvas."""
+        return tuple(s * self.scale for s in self.brush_sizes)
+
+    @property
+    def background_value(self) -> float:
+        return 1.0 if self.background == "white" else 0.0
+
+    @property
+    def ink_value(self) -> float:
+        """Grayscale ink: the opposite of the background (black on white, white on black)."""
+        return 1.0 - self.background_value
+
+    def action_spec(self):
+        return specs.action_spec(self.grid_width, self.brush_sizes, self.use_color, self.use_pressure)
+
+    def observation_spec(self):
+        return specs.observation_spec(self.action_keys, self.channels, OBSERVATION_WIDTH, self.conditional)
