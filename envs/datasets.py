@@ -158,24 +158,38 @@ def resize_weights(in_size: int, out_size: int, start: float = 0.0, length: floa
 
 
 def resize_images(images: np.ndarray, size: int = IMAGE_SIZE,
-                  box: tuple[float, float, float, float] | None = None) -> np.ndarray:
-    """Resize float images [N, H, W, C] to float32 [N, size, size, C] with :func:`resize_weights`.
+                  box: tuple[float, float, float, float] | None = None, value_scale: float = 1.0) -> np.ndarray:
+    """Resize images [N, H, W, C] (any real dtype) to float32 [N, size, size, C] with :func:`resize_weights`.
 
     ``box`` = (left, top, width, height) in input pixels selects the region to resize (a crop);
-    None means the whole image. Outputs are convex combinations of inputs, so the value range is kept.
+    None means the whole image. Values are multiplied by ``value_scale`` (e.g. 1/255 for uint8).
+    Outputs are convex combinations of inputs, so the value range is kept (up to float rounding).
+    The result is a view in [N, C, size, size] memory order (contiguous when C == 1).
     """
     n, height, width, channels = images.shape
     left, top, box_w, box_h = (0.0, 0.0, width, height) if box is None else box
-    rows = resize_weights(height, size, top, box_h).astype(np.float32)       # [size, H]
-    cols_t = resize_weights(width, size, left, box_w).astype(np.float32).T   # [W, size]
-    x = np.asarray(images, dtype=np.float32)
+    rows = resize_weights(height, size, top, box_h) * value_scale
+    cols = resize_weights(width, size, left, box_w)
+    # Only pixels inside the filter's reach matter (a crop leaves the rest out): multiply by those alone.
+    (row0, row1), (col0, col1) = _reach(rows), _reach(cols)
+    images = images[:, row0:row1, col0:col1]
+    height, width = row1 - row0, col1 - col0
+    rows_t = rows[:, row0:row1].astype(np.float32).T  # [H, size]
+    cols_t = cols[:, col0:col1].astype(np.float32).T  # [W, size]
+    planes = n * channels
     # Two plain 2-D matrix products per batch, not one per image: OpenBLAS synchronises its threads
-    # on every call, which is ruinous for thousands of small calls. The order (rows, then columns)
-    # leaves the result in [n, size, C, size] order, which is already the output layout when C == 1.
-    by_rows = x.transpose(0, 2, 3, 1).reshape(n * width * channels, height) @ rows.T      # [n*W*C, size]
-    by_rows = by_rows.reshape(n, width, channels, size).transpose(0, 3, 2, 1)             # [n, size, C, W]
-    both = by_rows.reshape(n * size * channels, width) @ cols_t                           # [n*size*C, size]
-    return both.reshape(n, size, channels, size).transpose(0, 1, 3, 2)
+    # on every call, which is ruinous for thousands of small calls. Each channel is a plane; rows
+    # are reduced first so that the columns' product leaves [plane, row, column] order.
+    by_rows = np.ascontiguousarray(images.transpose(0, 3, 2, 1), np.float32).reshape(planes * width, height)
+    by_rows = (by_rows @ rows_t).reshape(planes, width, size).transpose(0, 2, 1)             # [planes, size, W]
+    both = np.ascontiguousarray(by_rows).reshape(planes * size, width) @ cols_t               # [planes*size, size]
+    return both.reshape(n, channels, size, size).transpose(0, 2, 3, 1)
+
+
+def _reach(weights: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last input index with a nonzero weight in any row."""
+    used = np.flatnonzero(weights.any(axis=0))
+    return int(used[0]), int(used[-1]) + 1
 
 
 def _to_canvas(raw: np.ndarray, to_unit: Callable[[np.ndarray], np.ndarray], channels: int) -> np.ndarray:
@@ -699,12 +713,15 @@ def _celeba_pixels(files: _CelebaFiles, chosen: np.ndarray) -> np.ndarray:
 def _celeba_fill(files: _CelebaFiles, chosen: np.ndarray, out: np.ndarray) -> None:
     for start in range(0, len(chosen), CHUNK):
         decoded = [_decode_rgb(files, int(i)) for i in chosen[start:start + CHUNK]]
-        for shape in {img.shape for img in decoded}:
+        for shape in sorted({img.shape for img in decoded}):
             where = [k for k, img in enumerate(decoded) if img.shape == shape]
-            batch = np.stack([decoded[k] for k in where]).astype(np.float32) / 255.0
-            resized = resize_images(batch, box=celeba_crop_box(shape[1], shape[0]))
-            # Rounding only (convex combinations of values in [0, 1]).
-            out[start + np.asarray(where)] = np.clip(resized, 0.0, 1.0)
+            batch = np.stack([decoded[k] for k in where])
+            resized = resize_images(batch, box=celeba_crop_box(shape[1], shape[0]), value_scale=1 / 255)
+            if len(where) == len(decoded):  # the usual case: one image size
+                # Rounding only (convex combinations of values in [0, 1]).
+                np.clip(resized, 0.0, 1.0, out=out[start:start + len(decoded)])
+            else:
+                out[start + np.asarray(where)] = np.clip(resized, 0.0, 1.0)
 
 
 def _decode_rgb(files: _CelebaFiles, index: int) -> np.ndarray:
