@@ -80,7 +80,40 @@ class Agent:
 
     # ----------------------------------------------------------------------------- set-up
     def init(self, rng: Array) -> dict:
-        """Fresh parameters (float32): {'torso', 'core', 'head', 'value'}."""
+        """Fresh parameters (float32): {'torso', 'core', 'head', 'value'}.
+
+        Every kernel is drawn as Flax's default (LeCun normal: truncated normal, variance
+        1/fan_in, fan_in = product of all but the last axis), biases are zero except the LSTM
+        forget gate's (+1). All kernels come from ONE random draw sliced per layer: XLA on CPU
+        compiles each separate random op for ~0.1-0.2 s, so the per-layer draws of ``flax.init``
+        (~60 of them) took 40-50 s to compile; this takes about a second.
+        """
+        return jax.jit(self._init)(rng)
+
+    def _init(self, rng: Array) -> dict:
+        abstract = jax.eval_shape(self._flax_init, rng)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+        kernel_sizes = [leaf.size for path, leaf in leaves if path[-1].key == "kernel"]
+        draws = jax.random.truncated_normal(rng, -2.0, 2.0, (sum(kernel_sizes),), jnp.float32)
+        values, offset = [], 0
+        for path, leaf in leaves:
+            name = path[-1].key
+            if name == "kernel":
+                fan_in = leaf.size // leaf.shape[-1]
+                # Flax's variance_scaling: the truncated normal's stddev, corrected for the cut.
+                std = (1.0 / fan_in) ** 0.5 / 0.87962566103423978
+                values.append(draws[offset:offset + leaf.size].reshape(leaf.shape) * std)
+                offset += leaf.size
+            elif name == "bias":
+                values.append(jnp.zeros(leaf.shape, leaf.dtype))
+            else:
+                raise AssertionError(f"Unexpected parameter {path}: Agent.init knows kernels and "
+                                     f"biases only.")
+        params = jax.tree_util.tree_unflatten(treedef, values)
+        params["core"]["gates"]["bias"] = networks.lstm_gate_bias(self.config.lstm_size)
+        return params
+
+    def _flax_init(self, rng: Array) -> dict:
         c = self.config
         k_torso, k_core, k_head, k_value = jax.random.split(rng, 4)
         w = c.canvas_width
@@ -110,11 +143,16 @@ class Agent:
 
     # ----------------------------------------------------------------------------- pieces
     def _image(self, observation: Observation) -> Array:
-        """Canvas (and target beside it, when conditional) as float32 in [0, 1]."""
+        """Canvas (and target beside it, when conditional) as float32 in [0, 1].
+
+        Images are k/255 (uint8 k in records; float32 k/255 from the environment). Both are read
+        as the integer level k = round(255·x) and divided the same way, so the learner (uint8)
+        sees exactly the floats the actor (float32) saw.
+        """
         def to_float(x):
-            if x.dtype == jnp.uint8:
-                return x.astype(jnp.float32) / 255.0
-            return x.astype(jnp.float32)
+            levels = (x.astype(jnp.float32) if x.dtype == jnp.uint8
+                      else jnp.round(x.astype(jnp.float32) * 255.0))
+            return levels / 255.0
 
         if (observation.target is not None) != self.config.conditional:
             raise ValueError(f"observation.target must be given exactly when the agent is "

@@ -14,6 +14,7 @@ not a branch), ``skipped_updates`` counts it and the metrics report ``update_app
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, Callable, NamedTuple, Optional
@@ -128,6 +129,15 @@ def make_update_step(agent: Agent, config: PolicyLearnerConfig
     return update_step
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_update_step(agent_config: AgentConfig, config: PolicyLearnerConfig):
+    """One jitted update per configuration, shared by learners in a process (compiles once)."""
+    agent = Agent(agent_config, config.compute_dtype, config.transposed_conv)
+    # Donating the state lets XLA update parameters in place; the CPU backend does not use it.
+    donate = () if jax.default_backend() == "cpu" else (0,)
+    return jax.jit(make_update_step(agent, config), donate_argnums=donate)
+
+
 class PolicyLearner:
     """Holds a ``LearnerState``, runs the jitted update on batches of trajectories, checkpoints.
 
@@ -145,9 +155,7 @@ class PolicyLearner:
         self.config = config
         self.agent = Agent(agent_config, config.compute_dtype, config.transposed_conv)
         self.update_step = make_update_step(self.agent, config)
-        # Donating the state lets XLA update parameters in place; the CPU backend ignores it.
-        donate = () if jax.default_backend() == "cpu" else (0,)
-        self._jitted_update = jax.jit(self.update_step, donate_argnums=donate)
+        self._jitted_update = _jitted_update_step(agent_config, config)
         self._state = init_learner_state(self.agent, config, jax.random.PRNGKey(seed), params)
         self.num_calls = 0
 

@@ -163,6 +163,12 @@ class Torso(nn.Module):
         return nn.Dense(self.output_size, dtype=self.dtype, name="linear")(nn.relu(h))
 
 
+def lstm_gate_bias(size: int) -> Array:
+    """Initial bias of the fused gates (input, candidate, forget, output: Sonnet's order): +1 on
+    the forget gate, zero elsewhere."""
+    return jnp.zeros((4 * size,), jnp.float32).at[2 * size:3 * size].set(1.0)
+
+
 class LSTMCore(nn.Module):
     """LSTM with one fused gate matrix over [x, h]; +1 on the forget gate's bias (Sonnet's
     ``forget_bias=1``), so the cell keeps its memory at the start of training. The recurrent
@@ -172,10 +178,7 @@ class LSTMCore(nn.Module):
 
     @nn.compact
     def __call__(self, x, hidden, cell):
-        def bias_init(key, shape, dtype=jnp.float32):
-            # Gate order (input, candidate, forget, output) as Sonnet's LSTM.
-            return jnp.zeros(shape, dtype).at[2 * self.size:3 * self.size].set(1.0)
-
+        bias_init = lambda key, shape, dtype=jnp.float32: lstm_gate_bias(self.size)
         gates = nn.Dense(4 * self.size, dtype=self.dtype, bias_init=bias_init, name="gates")(
             jnp.concatenate([x.astype(self.dtype), hidden.astype(self.dtype)], axis=-1))
         i, g, f, o = jnp.split(gates.astype(jnp.float32), 4, axis=-1)

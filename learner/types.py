@@ -57,7 +57,8 @@ class AgentState(NamedTuple):
 
 class Observation(NamedTuple):
     """The agent's input. In a record, ``canvas`` and ``target`` are uint8 (k/255); the sampling
-    mode also accepts the environment's float32 canvases in [0, 1]."""
+    mode also accepts the environment's float32 canvases k/255 in [0, 1] (read as the level
+    round(255·x), so both forms give the agent identical inputs)."""
     canvas: Array                   # [..., H, W, C]
     action_mask: Array              # [..., K] float32, K = number of action keys
     target: Optional[Array] = None  # [..., H, W, C], conditional agents only
