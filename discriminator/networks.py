@@ -16,6 +16,8 @@ state, never trained). The estimate is differentiable in M with u and v held con
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -36,8 +38,11 @@ def layer_names(config: DiscriminatorConfig) -> tuple[str, ...]:
 
 
 def init_critic(rng: jax.Array, config: DiscriminatorConfig) -> tuple[Params, Spectral]:
-    """Random critic parameters (LeCun-normal kernels, zero biases) and power-iteration vectors."""
-    init_kernel = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    """Random critic parameters and power-iteration vectors.
+
+    Kernels ~ N(0, 1/fan_in) (LeCun normal, untruncated: JAX's truncated normal costs seconds of
+    compile time on CPU for no measurable benefit here), biases 0.
+    """
     widths = (config.input_channels,) + config.channels
     final_size = IMAGE_SIZE // STRIDE ** len(config.channels)
     shapes = {f"conv_{i}": (KERNEL_SIZE, KERNEL_SIZE, widths[i], widths[i + 1])
@@ -47,7 +52,8 @@ def init_critic(rng: jax.Array, config: DiscriminatorConfig) -> tuple[Params, Sp
     params, spectral = {}, {}
     keys = jax.random.split(rng, 2 * len(shapes))
     for i, (name, shape) in enumerate(shapes.items()):
-        params[name] = {"kernel": init_kernel(keys[2 * i], shape, jnp.float32),
+        fan_in = math.prod(shape[:-1])
+        params[name] = {"kernel": jax.random.normal(keys[2 * i], shape, jnp.float32) / math.sqrt(fan_in),
                         "bias": jnp.zeros((shape[-1],), jnp.float32)}
         if config.use_spectral_norm:
             spectral[name] = _normalize(jax.random.normal(keys[2 * i + 1], (shape[-1],), jnp.float32))
