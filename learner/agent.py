@@ -20,6 +20,7 @@ resets its LSTM state to zeros and its previous action to all zeros, as the rele
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -48,6 +49,12 @@ class UnrollOutput(NamedTuple):
 
 def count_params(params) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init(config: AgentConfig):
+    """One compiled initialiser per network shape (parameters do not depend on compute dtype)."""
+    return jax.jit(Agent(config)._init)
 
 
 class Agent:
@@ -88,7 +95,7 @@ class Agent:
         compiles each separate random op for ~0.1-0.2 s, so the per-layer draws of ``flax.init``
         (~60 of them) took 40-50 s to compile; this takes about a second.
         """
-        return jax.jit(self._init)(rng)
+        return _jitted_init(self.config)(rng)
 
     def _init(self, rng: Array) -> dict:
         abstract = jax.eval_shape(self._flax_init, rng)
