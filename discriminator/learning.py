@@ -19,6 +19,7 @@ Batches (images uint8 0..255 or float32 in [0, 1], [B, 64, 64, C]):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import NamedTuple, Optional
@@ -127,10 +128,16 @@ def make_update_step(config: DiscriminatorConfig):
             state.params, state.spectral, real_inputs, fake_inputs, alpha)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["param_gradient_norm"] = optax.global_norm(grads)
+        metrics["param_gradient_norm"] = optax.tree.norm(grads)
         return DiscriminatorState(params, spectral, opt_state, state.step + 1, rng), metrics
 
     return update_step
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_update(config: DiscriminatorConfig):
+    """One compiled update per config, shared by every learner built with it."""
+    return jax.jit(make_update_step(config))
 
 
 class DiscriminatorLearner:
@@ -144,7 +151,7 @@ class DiscriminatorLearner:
     def __init__(self, config: DiscriminatorConfig, seed: int = 0):
         self.config = config
         self.seed = int(seed)
-        self._update = jax.jit(make_update_step(config))
+        self._update = _jitted_update(config)
         self._scoring_weights = jax.jit(scoring_weights)
         self._state = init_state(config, jax.random.PRNGKey(self.seed))
 
