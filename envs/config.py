@@ -29,7 +29,7 @@ class PaintConfig:
     """Options of the paint environment (SPIRAL.md §1). Frozen and hashable: static under ``jit``.
 
     Attributes:
-      canvas_width: rendering resolution W; a multiple of 64 (64, 128, 256). Observations are 64×64.
+      canvas_width: rendering resolution W: 64, 128, 256 (64·2^k). Observations are 64×64.
       grid_width: the `end` / `control` grid is grid_width × grid_width; cell c sits at W·c/grid_width.
       episode_length: steps per episode in the environment's count: reset + (episode_length − 1) actions.
       brush_sizes: brush radii in pixels of a 64-wide canvas (scaled by W/64).
@@ -54,8 +54,8 @@ class PaintConfig:
         # Normalise sequences to tuples so the config stays hashable whatever the caller passed.
         object.__setattr__(self, "brush_sizes", tuple(float(s) for s in self.brush_sizes))
         w = self.canvas_width
-        if not isinstance(w, int) or w < OBSERVATION_WIDTH or w % OBSERVATION_WIDTH:
-            raise ValueError(f"canvas_width must be a multiple of {OBSERVATION_WIDTH} (64, 128, 256), got {w!r}.")
+        if not isinstance(w, int) or w < OBSERVATION_WIDTH or w % OBSERVATION_WIDTH or (w & (w - 1)):
+            raise ValueError(f"canvas_width must be 64 times a power of two (64, 128, 256, ...), got {w!r}.")
         if not isinstance(self.grid_width, int) or self.grid_width < 2:
             raise ValueError(f"grid_width must be an int >= 2, got {self.grid_width!r}.")
         if not isinstance(self.episode_length, int) or self.episode_length < 2:

@@ -117,9 +117,12 @@ def max_dabs(config: PaintConfig) -> int:
 def stroke_dabs(strokes: Strokes, carry, n: int):
     """The spec's dabs of every stroke, padded to ``n``; returns (Dabs, new carry [B])."""
     w = jnp.asarray(spec.bezier_weights())                               # [51, 3]
-    pts = [strokes.start, strokes.control, strokes.end]
-    qy = (w[:, 0] * pts[0][:, :1] + w[:, 1] * pts[1][:, :1]) + w[:, 2] * pts[2][:, :1]   # [B, 51]
-    qx = (w[:, 0] * pts[0][:, 1:] + w[:, 1] * pts[1][:, 1:]) + w[:, 2] * pts[2][:, 1:]
+    p0 = strokes.start
+    dc = strokes.control - p0
+    de = strokes.end - p0
+    # Q = P0 + w1·(P1 − P0) + w2·(P2 − P0), as numba: exact at both ends.
+    qy = (p0[:, :1] + w[:, 1] * dc[:, :1]) + w[:, 2] * de[:, :1]             # [B, 51]
+    qx = (p0[:, 1:] + w[:, 1] * dc[:, 1:]) + w[:, 2] * de[:, 1:]
     dy = qy[:, 1:] - qy[:, :-1]
     dx = qx[:, 1:] - qx[:, :-1]
     seg = jnp.sqrt(dy * dy + dx * dx)                                       # [B, 50]

@@ -110,9 +110,11 @@ def stroke_dabs(sy, sx, cy, cx, ey, ex, p0, p1, r_a, spacing, inv_spacing, offse
     # 1. Path: 51 Bezier points and the sequential cumulative length.
     qy = np.empty(_N_SEG + 1, np.float32)
     qx = np.empty(_N_SEG + 1, np.float32)
+    # Q = P0 + w1·(P1 − P0) + w2·(P2 − P0): exact at both ends and for a stroke that stays put.
+    cdy, cdx, edy, edx = cy - sy, cx - sx, ey - sy, ex - sx
     for k in range(_N_SEG + 1):
-        qy[k] = (weights[k, 0] * sy + weights[k, 1] * cy) + weights[k, 2] * ey
-        qx[k] = (weights[k, 0] * sx + weights[k, 1] * cx) + weights[k, 2] * ex
+        qy[k] = (sy + weights[k, 1] * cdy) + weights[k, 2] * edy
+        qx[k] = (sx + weights[k, 1] * cdx) + weights[k, 2] * edx
     s = np.empty(_N_SEG + 1, np.float32)
     s[0] = _ZERO
     for k in range(_N_SEG):

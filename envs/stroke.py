@@ -123,7 +123,9 @@ def target_index(seed: int, episode: int, num_targets: int) -> int:
 
 # ---- per-size constants --------------------------------------------------------------------------
 def bezier_weights() -> np.ndarray:
-    """Bernstein weights of the 51 path points, float32 (51, 3): Q_k = w0·P0 + w1·P1 + w2·P2."""
+    """Bernstein weights of the 51 path points, float32 (51, 3). The engines evaluate
+    Q_k = P0 + w1·(P1 − P0) + w2·(P2 − P0) (equal to w0·P0 + w1·P1 + w2·P2, since the weights sum
+    to 1, but exact at both ends and for a stroke whose three points coincide)."""
     t = np.arange(N_SEGMENTS + 1, dtype=np.float64) / N_SEGMENTS
     return np.stack([(1 - t) ** 2, 2 * (1 - t) * t, t ** 2], axis=1).astype(F32)
 
@@ -260,15 +262,23 @@ def rr_antialiased(xp, yp, x, y, radius, angle_degrees=90.0):
 
 
 def dab_mask(height, width, y, x, radius):
-    """One dab's mask over a whole canvas, float64 (H, W): plain for r ≥ 3, anti-aliased below."""
+    """One dab's mask over a whole canvas, float64 (H, W): plain for r ≥ 3, anti-aliased below.
+
+    Evaluated on mypaint's box, floor(c − r − 1) .. floor(c + r + 1); zero elsewhere.
+    """
     mask = np.zeros((height, width))
-    for yp in range(height):
-        for xp in range(width):
-            if radius < AA_RADIUS:
-                rr = rr_antialiased(xp, yp, x, y, radius)
-            else:
-                rr = ((yp + 0.5 - y) ** 2 + (xp + 0.5 - x) ** 2) / radius ** 2
-            mask[yp, xp] = opacity_two_segments(rr)
+    y0, y1 = max(math.floor(y - radius - 1), 0), min(math.floor(y + radius + 1), height - 1)
+    x0, x1 = max(math.floor(x - radius - 1), 0), min(math.floor(x + radius + 1), width - 1)
+    if y0 > y1 or x0 > x1:
+        return mask
+    if radius >= AA_RADIUS:
+        yy, xx = np.mgrid[y0:y1 + 1, x0:x1 + 1]
+        rr = ((yy + 0.5 - y) ** 2 + (xx + 0.5 - x) ** 2) / radius ** 2
+        mask[y0:y1 + 1, x0:x1 + 1] = opacity_two_segments(rr)
+        return mask
+    for yp in range(y0, y1 + 1):
+        for xp in range(x0, x1 + 1):
+            mask[yp, xp] = opacity_two_segments(rr_antialiased(xp, yp, x, y, radius))
     return mask
 
 
