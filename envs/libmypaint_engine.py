@@ -116,6 +116,9 @@ def available(brush_path: Optional[str] = None) -> bool:
 
 def fix15_to_uint8(rgba: np.ndarray) -> np.ndarray:
     """SPIRAL's ``_fix15_to_rgba``: premultiplied fix15 RGBA (…, 4) → straight uint8 RGBA."""
+    if np.all(rgba[..., 3] == FIX15_ONE):   # opaque surface (our backgrounds): nothing to un-premultiply
+        out = rgba.astype(np.uint32)
+        return ((255 * out + FIX15_ONE // 2) >> 15).astype(np.uint8)
     rgb = rgba[..., :3].astype(np.uint64)
     alpha = rgba[..., 3:].astype(np.uint64)
     safe = np.maximum(alpha, 1)

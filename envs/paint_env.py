@@ -30,6 +30,7 @@ actions (to RENDERER.md's tolerances), and ``render_program(env.program)`` repla
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional, Sequence
 
@@ -44,6 +45,16 @@ from spiral.envs.numba_engine import observe
 from spiral.envs.program import Jump, Program, Stroke
 
 MAX_SEED = 2 ** 32
+_PRESSURES = tuple(specs.PRESSURE_VALUES.tolist())
+_COLORS = tuple(specs.COLOR_VALUES.tolist())
+
+
+@functools.lru_cache(maxsize=None)
+def _cell_tables(canvas_width: int, grid_width: int):
+    """(y, x) pixel of every grid cell (row-major, pixel = W·c/G), as tuples of Python floats."""
+    cells = np.arange(grid_width * grid_width)
+    return (tuple((canvas_width * (cells // grid_width) / grid_width).tolist()),
+            tuple((canvas_width * (cells % grid_width) / grid_width).tolist()))
 
 
 class PaintEnv(dm_env.Environment):
@@ -86,14 +97,11 @@ class PaintEnv(dm_env.Environment):
         keys = self.config.action_keys
         self._paint_mask = specs.action_mask(keys, painted=True)
         self._jump_mask = specs.action_mask(keys, painted=False)
-        # Per-index lookup tables, in pixels of this canvas.
-        w, g = self.config.canvas_width, grid_width
-        cells = np.arange(g * g)
-        self._cell_y = (w * (cells // g) / g).tolist()
-        self._cell_x = (w * (cells % g) / g).tolist()
-        self._pressures = specs.PRESSURE_VALUES.tolist()
+        # Per-index lookup tables (plain Python floats, shared by all envs of this geometry).
+        self._cell_y, self._cell_x = _cell_tables(self.config.canvas_width, grid_width)
+        self._pressures = _PRESSURES
         self._radii = list(self.config.pixel_radii)
-        self._colors = specs.COLOR_VALUES.tolist()
+        self._colors = _COLORS
         self._ink = (self.config.ink_value,) * self.config.channels
         self._episode = -1
         self._t = 0
