@@ -21,7 +21,8 @@ hash RNG; agreement within RENDERER.md's tolerances, XLA contracts some multiply
    ``while_loop`` whose trip count follows the real number of tiles, not the padding. Each
    chunk scatters its factors into T: multiplied in place (``combine="multiply"``, sequential on
    CPU, the default there) or added as logarithms (``combine="log"``: native atomic adds on
-   GPU/TPU, the default there; T = exp(Σ log f)).
+   GPU/TPU, the default there; T = exp(Σ log f); atomics make the last bits order-dependent, so
+   GPU runs are reproducible only to float32 rounding unless XLA's deterministic-ops flag is set).
 3. Composite canvas ← canvas·T + colour·(1 − T), downsample and quantise like numba.
 
 State per environment: canvas, brush position, previous pressure, painting flag (also the
@@ -209,6 +210,9 @@ def transmittance(dabs: Dabs, height: int, width: int, combine: str = "multiply"
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}.")
     batch, n = dabs.y.shape
+    if batch * height * width >= 2 ** 31 - 1:
+        raise ValueError(f"batch {batch} × canvas {height}×{width} overflows the int32 pixel index; "
+                         f"use a smaller batch (< {(2 ** 31 - 1) // (height * width)}) per call.")
     floor = lambda v: jnp.floor(v).astype(jnp.int32)
     lo_y = jnp.maximum(floor(dabs.y - dabs.radius), 0)
     hi_y = jnp.minimum(floor(dabs.y + dabs.radius), height - 1)

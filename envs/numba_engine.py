@@ -6,10 +6,14 @@ promotes ``1 - x`` with a Python literal to float64), compiled once and cached o
 (one actor = one core). No ``fastmath``: it would reassociate and fuse multiply-adds, and break
 agreement with the JAX engine.
 
-Speed notes (RENDERER.md): the stamping inner loops run over a row slice with per-column terms
-precomputed (``dx²`` for the plain mask, the nearest/farthest x terms for the anti-aliased one)
-and branch-free selects, which lets LLVM vectorise them. Stamping multiplies a stroke-local
-transmittance buffer T; the composite then touches only the stroke's bounding box.
+Speed notes (measured with LLVM's output; see RENDERER.md): stamping multiplies a stroke-local
+transmittance buffer T, and the composite then touches only the stroke's bounding box. Every
+inner loop is written so that LLVM vectorises it: branch-free selects; ``error_model="numpy"``
+(Python's division-by-zero check is a branch); pixel indices converted to float through int32
+(AVX2 has no packed int64 → float); plain dabs (r ≥ 3) row by row over a row *slice* of T with
+dx² precomputed (with a flat index into T the loop stays scalar, ~5× slower); anti-aliased dabs
+(r < 3, at most 7 pixels wide) as one flat loop over a 4- or 8-column window, since row loops
+that short never reach the vector body. The noise hashes run in their own loop over dabs.
 
 Layout: the canvas is planar (C, H, W) float32 in [0, 1]; observations are built by
 ``observe`` as (64, 64, C), downsampled by exact area average when H > 64 and quantised to
@@ -37,7 +41,6 @@ _M2 = np.uint64(0x846CA68B)
 _S10 = np.uint64(10)
 _S15 = np.uint64(15)
 _S16 = np.uint64(16)
-_ONE_U = np.uint64(1)
 _ONE = F32(1.0)
 _HALF = F32(0.5)
 _FOUR = F32(4.0)
