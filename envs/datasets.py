@@ -265,8 +265,8 @@ def _single_threaded_blas():
     The products are small (one chunk of images each). OpenBLAS splits each over all cores and waits
     for every thread at its end, so on a busy machine (Ray actors, a learner, other users) each call
     waits for a descheduled thread: on this project's shared 2-core machine, 2 BLAS threads made the
-    chunked resize 6-20x slower than 1 (when idle, 1.5x faster). Parallel chunks on our own threads
-    (``_to_canvas``) give the speed-up without the per-call waits.
+    chunked resize 6-20x slower than 1 (when idle, 1.5x faster). ``_to_canvas`` uses the other
+    cores with its own threads instead, one chunk at a time each, without those per-call waits.
     """
     return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
