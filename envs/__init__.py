@@ -9,7 +9,8 @@ Public API:
 * ``PaintEnv``: the ``dm_env.Environment`` (engines "numba" (default), "jax", "libmypaint");
 * ``PaintConfig``: its options as a frozen dataclass (static config of the batched JAX engine);
 * ``Program``, ``Stroke``, ``Jump``, ``render_program``: an episode's strokes, JSON, replay;
-* ``observe_canvas``: the agent's 64×64 quantised view of a full-resolution canvas;
+* ``observe_canvas``: the agent's ow×ow quantised view of a full-resolution canvas (ow = 64 by default);
+* ``spiral.envs.targets``: conditional targets as uint8 levels (checks, quantisation);
 * ``spiral.envs.jax_engine``: the batched, jittable ``reset``/``step`` (imported on demand);
 * ``spiral.envs.specs``: the action/observation contract; ``spiral.envs.stroke``: the brush spec.
 """

@@ -7,7 +7,10 @@ size at this canvas width, the ink and background values.
 
 Resolution independence (SPIRAL++ renders at 256 and shows the agent 64): at ``canvas_width`` W
 every length is scaled by ``W / 64``, grid positions as ``W * c / grid_width`` and brush radii as
-``size * W / 64``, so one program looks the same at any resolution. The agent always sees 64×64.
+``size * W / 64``, so one program looks the same at any resolution. The agent sees
+``observation_width`` × ``observation_width`` (64 as in SPIRAL; 32, 16 or 8 for reduced
+configurations that learn within minutes on a CPU): the exact area average of the rendered canvas,
+quantised to k/255. Brush radii and grid positions do not depend on the observation width.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from typing import Tuple
 
 from spiral.envs import specs
 
-# The agent's and the discriminator's canvas width (SPIRAL.md §1); larger canvases are downsampled.
-OBSERVATION_WIDTH = 64
+# Lengths (brush radii) are given in pixels of a canvas this wide (SPIRAL.md §1's 64×64 canvas).
+REFERENCE_WIDTH = 64
+# The agent's and the discriminator's canvas width in SPIRAL; smaller widths are for reduced runs.
+DEFAULT_OBSERVATION_WIDTH = 64
+OBSERVATION_WIDTHS = (64, 32, 16, 8)
 BACKGROUNDS = ("white", "black")
 RENDERERS = ("numba", "jax", "libmypaint")
 
@@ -29,7 +35,7 @@ class PaintConfig:
     """Options of the paint environment (SPIRAL.md §1). Frozen and hashable: static under ``jit``.
 
     Attributes:
-      canvas_width: rendering resolution W: 64, 128, 256 (64·2^k). Observations are 64×64.
+      canvas_width: rendering resolution W: 64, 128, 256 (64·2^k).
       grid_width: the `end` / `control` grid is grid_width × grid_width; cell c sits at W·c/grid_width.
       episode_length: steps per episode in the environment's count: reset + (episode_length − 1) actions.
       brush_sizes: brush radii in pixels of a 64-wide canvas (scaled by W/64).
@@ -38,6 +44,8 @@ class PaintConfig:
       background: "white" (grayscale ink is black) or "black" (grayscale ink is white).
       conditional: observations carry a `target` image drawn from a dataset.
       l2_reward: conditional only: reward −Σ(canvas − target)² on the last step.
+      observation_width: width of the observed canvas and of the targets: 64 (SPIRAL), 32, 16 or
+        8; the exact area average of the W×W rendering (W must be a multiple of it).
     """
 
     canvas_width: int = 64
@@ -49,13 +57,19 @@ class PaintConfig:
     background: str = "white"
     conditional: bool = False
     l2_reward: bool = False
+    observation_width: int = DEFAULT_OBSERVATION_WIDTH
 
     def __post_init__(self):
         # Normalise sequences to tuples so the config stays hashable whatever the caller passed.
         object.__setattr__(self, "brush_sizes", tuple(float(s) for s in self.brush_sizes))
         w = self.canvas_width
-        if not isinstance(w, int) or w < OBSERVATION_WIDTH or w % OBSERVATION_WIDTH or (w & (w - 1)):
+        if not isinstance(w, int) or w < REFERENCE_WIDTH or w % REFERENCE_WIDTH or (w & (w - 1)):
             raise ValueError(f"canvas_width must be 64 times a power of two (64, 128, 256, ...), got {w!r}.")
+        ow = self.observation_width
+        if (not isinstance(ow, int) or isinstance(ow, bool) or ow not in OBSERVATION_WIDTHS
+                or w % ow):
+            raise ValueError(f"observation_width must be one of {OBSERVATION_WIDTHS} (a divisor of "
+                             f"canvas_width={w}), got {ow!r}.")
         if not isinstance(self.grid_width, int) or self.grid_width < 2:
             raise ValueError(f"grid_width must be an int >= 2, got {self.grid_width!r}.")
         if not isinstance(self.episode_length, int) or self.episode_length < 2:
@@ -75,8 +89,18 @@ class PaintConfig:
 
     @property
     def scale(self) -> int:
-        """Pixels of this canvas per pixel of a 64-wide canvas."""
-        return self.canvas_width // OBSERVATION_WIDTH
+        """Pixels of this canvas per pixel of a 64-wide canvas (brush radii scale by this)."""
+        return self.canvas_width // REFERENCE_WIDTH
+
+    @property
+    def downsample(self) -> int:
+        """Canvas pixels per observation pixel along each axis (the area-average block width)."""
+        return self.canvas_width // self.observation_width
+
+    @property
+    def observation_shape(self) -> tuple:
+        """(observation_width, observation_width, channels): the canvas and target shape."""
+        return (self.observation_width, self.observation_width, self.channels)
 
     @property
     def action_keys(self) -> tuple:
@@ -100,4 +124,5 @@ class PaintConfig:
         return specs.action_spec(self.grid_width, self.brush_sizes, self.use_color, self.use_pressure)
 
     def observation_spec(self):
-        return specs.observation_spec(self.action_keys, self.channels, OBSERVATION_WIDTH, self.conditional)
+        return specs.observation_spec(self.action_keys, self.channels, self.observation_width,
+                                      self.conditional)

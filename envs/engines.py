@@ -7,7 +7,8 @@ its own canvas (``config.canvas_width``):
 * ``jump(y, x)``: lift the brush and move it (ends a connected run of strokes);
 * ``paint(start, control, end, p0, p1, radius, color, key)``: one Bezier stroke, pressure
   p0 → p1, ``key`` = the 32-bit hash-RNG key of its dab noise (libmypaint ignores it);
-* ``observe(out_u8, out_f32)``: write the (64, 64, C) observation (area average, uint8 levels);
+* ``observe(out_u8, out_f32)``: write the (ow, ow, C) observation, ow = ``config.observation_width``
+  (exact area average of the canvas, uint8 levels and level / 255);
 * ``full_canvas()``: the full-resolution float32 canvas (W, W, C).
 
 Imports are lazy, so that an actor using numba never imports JAX and a machine without

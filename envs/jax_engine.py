@@ -23,10 +23,13 @@ hash RNG; agreement within RENDERER.md's tolerances, XLA contracts some multiply
    CPU, the default there) or added as logarithms (``combine="log"``: native atomic adds on
    GPU/TPU, the default there; T = exp(Σ log f); atomics make the last bits order-dependent, so
    GPU runs are reproducible only to float32 rounding unless XLA's deterministic-ops flag is set).
-3. Composite canvas ← canvas·T + colour·(1 − T), downsample and quantise like numba.
+3. Composite canvas ← canvas·T + colour·(1 − T), downsample to ``config.observation_width`` and
+   quantise like numba.
 
 State per environment: canvas, brush position, previous pressure, painting flag (also the
 action mask), partial-dab carry, step count, episode index, seed, target index (conditional).
+The conditional ``dataset`` is shared by the batch as uint8 levels [N, ow, ow, C] (k means k/255;
+``spiral.envs.targets``); observations show a target as float32 level/255, like the canvas.
 """
 
 from __future__ import annotations
@@ -44,13 +47,17 @@ from jax import lax
 
 from spiral.envs import specs
 from spiral.envs import stroke as spec
-from spiral.envs.config import OBSERVATION_WIDTH, PaintConfig
+from spiral.envs import targets as target_data
+from spiral.envs.config import DEFAULT_OBSERVATION_WIDTH, PaintConfig
 from spiral.envs.numba_engine import UINT8_TO_FLOAT
 
 F32 = np.float32
 TILE = 8
 COMBINES = ("multiply", "log")
 SEARCH_METHOD = "scan"
+# Block sums with at most this many terms are unrolled (as written since the first version);
+# larger blocks (e.g. 256 → 8) add in a fori_loop, in the same row-major order.
+UNROLLED_BLOCK = 16
 
 
 # ---- hash RNG (uint32 arithmetic wraps, as the spec's masks do) --------------------------------
@@ -263,17 +270,33 @@ def paint(canvas, carry, strokes: Strokes, config: PaintConfig, combine: str = "
     return canvas, new_carry
 
 
-def observe(canvas):
-    """(B, W, W, C) → float32 (B, 64, 64, C) observation and its uint8 levels, as numba's ``observe``."""
-    s = canvas.shape[1] // OBSERVATION_WIDTH
+def observe(canvas, observation_width: int = DEFAULT_OBSERVATION_WIDTH):
+    """(B, W, W, C) → float32 (B, ow, ow, C) observation and its uint8 levels, as numba's ``observe``.
+
+    ow = ``observation_width`` (static); each output pixel is the exact area average of its
+    (W/ow)² block, summed in row-major order in float32 (numba's order, so the two agree).
+    """
+    batch, width, _, channels = canvas.shape
+    ow = observation_width
+    if width % ow:
+        raise ValueError(f"canvas width {width} is not a multiple of observation_width {ow}.")
+    s = width // ow
     if s == 1:
         v = canvas
     else:
-        total = jnp.zeros(canvas.shape[:1] + (OBSERVATION_WIDTH, OBSERVATION_WIDTH) + canvas.shape[3:],
-                          jnp.float32)
-        for dy in range(s):                                 # row-major block sum, numba's order
-            for dx in range(s):
-                total = total + canvas[:, dy::s, dx::s, :]
+        total = jnp.zeros((batch, ow, ow, channels), jnp.float32)
+        if s * s <= UNROLLED_BLOCK:
+            for dy in range(s):                             # row-major block sum, numba's order
+                for dx in range(s):
+                    total = total + canvas[:, dy::s, dx::s, :]
+        else:
+            blocks = canvas.reshape(batch, ow, s, ow, s, channels)
+
+            def add(k, acc):                                # term k = (dy, dx) = divmod(k, s)
+                row = lax.dynamic_index_in_dim(blocks, k // s, axis=2, keepdims=False)
+                return acc + lax.dynamic_index_in_dim(row, k % s, axis=3, keepdims=False)
+
+            total = lax.fori_loop(0, s * s, add, total)
         v = total * F32(1.0 / (s * s))
     levels = jnp.clip(jnp.round(v * F32(255.0)), F32(0.0), F32(255.0)).astype(jnp.uint8)
     return jnp.asarray(UINT8_TO_FLOAT)[levels], levels
@@ -292,7 +315,7 @@ class PaintState:
     episode: jax.Array       # [B] int32, episode index of each environment
     seed: jax.Array          # [B] uint32, hash-RNG seed of each environment
     target_index: jax.Array  # [B] int32 (0 when unconditional)
-    dataset: Optional[jax.Array]   # [N, 64, 64, C] float32 targets (conditional) or None
+    dataset: Optional[jax.Array]   # [N, ow, ow, C] uint8 target levels (conditional) or None
     config: PaintConfig = struct.field(pytree_node=False)
     combine: str = struct.field(pytree_node=False, default="multiply")
 
@@ -332,21 +355,38 @@ def _target_index(seed, episode, dataset):
     return (key % jnp.uint32(dataset.shape[0])).astype(jnp.int32)
 
 
+def dataset_levels(dataset, config: PaintConfig) -> jax.Array:
+    """Conditional targets as a uint8 level array [N, ow, ow, C] on the device.
+
+    uint8 (numpy or JAX, also traced under jit) is used as given; float32 in [0, 1] is quantised
+    once on the host with the canvases' rounding (``spiral.envs.targets``), so it must be concrete.
+    Bad dtypes, shapes and float values outside [0, 1] raise ValueError.
+    """
+    if not hasattr(dataset, "shape") or not hasattr(dataset, "dtype"):
+        raise ValueError(f"dataset must be an array [N, {', '.join(map(str, config.observation_shape))}] "
+                         f"(numpy or JAX), got {type(dataset).__name__}.")
+    target_data.check_target_layout(dataset.shape, dataset.dtype, config.observation_shape, "dataset")
+    if dataset.dtype == np.uint8:
+        return jnp.asarray(dataset)
+    if isinstance(dataset, jax.core.Tracer):
+        raise ValueError("a float32 dataset is quantised to uint8 levels on the host, so it cannot be "
+                         "traced: call reset outside jit, or pass uint8 levels "
+                         "(spiral.envs.targets.target_levels(dataset, config.observation_shape)).")
+    return jnp.asarray(target_data.target_levels(np.asarray(dataset), config.observation_shape, "dataset"))
+
+
 def reset(seed_or_key: Union[int, jax.Array], batch_size: int, config: PaintConfig,
           dataset: Optional[Any] = None, combine: Optional[str] = None) -> PaintState:
     """B fresh environments at episode 0. ``seed_or_key``: an int (environment b gets seed + b,
     so it matches ``PaintEnv(seed=seed + b)``) or a JAX PRNG key (uint32 seeds drawn from it).
-    ``dataset``: conditional targets, float32 [N, 64, 64, C] in [0, 1]."""
+    ``dataset``: conditional targets [N, ow, ow, C], uint8 levels (k means k/255) or float32 in
+    [0, 1] (quantised to k/255 once, as ``PaintEnv`` does); kept in the state as uint8 levels."""
     if config.conditional != (dataset is not None):
         raise ValueError("config.conditional=True needs a dataset of targets, and a dataset needs "
                          f"config.conditional=True (got conditional={config.conditional}, "
                          f"dataset={'given' if dataset is not None else None}).")
     if dataset is not None:
-        dataset = jnp.asarray(dataset)
-        shape = (OBSERVATION_WIDTH, OBSERVATION_WIDTH, config.channels)
-        if dataset.ndim != 4 or dataset.shape[1:] != shape or dataset.dtype != jnp.float32:
-            raise ValueError(f"dataset must be float32 [N, {', '.join(map(str, shape))}], "
-                             f"got {dataset.dtype} {dataset.shape}.")
+        dataset = dataset_levels(dataset, config)
     combine = default_combine() if combine is None else combine
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}.")
@@ -366,7 +406,7 @@ def timestep(state: PaintState) -> dm_env.TimeStep:
     discount (0 at LAST, 1 otherwise; dm_env's FIRST has None, here 0 reward and 1 discount)
     and the observation dict of ``PaintEnv``."""
     config = state.config
-    canvas, _ = observe(state.canvas)
+    canvas, _ = observe(state.canvas, config.observation_width)
     keys = config.action_keys
     jump = jnp.asarray(specs.action_mask(keys, painted=False))
     mask = jnp.where(state.painting[:, None], F32(1.0), jump[None, :])
@@ -374,7 +414,7 @@ def timestep(state: PaintState) -> dm_env.TimeStep:
     last = state.t == config.episode_length - 1
     reward = jnp.zeros(state.t.shape, jnp.float32)
     if config.conditional:
-        target = state.dataset[state.target_index]
+        target = jnp.asarray(UINT8_TO_FLOAT)[state.dataset[state.target_index]]
         observation["target"] = target
         if config.l2_reward:
             l2 = jnp.sum(jnp.square(canvas - target), axis=(1, 2, 3))
@@ -464,7 +504,7 @@ def _paint_one(canvas, carry, strokes, config, combine):
     return paint(canvas, carry, strokes, config, combine)
 
 
-_observe_jit = jax.jit(observe)
+_observe_jit = jax.jit(observe, static_argnums=1)
 _stroke_dabs_jit = jax.jit(stroke_dabs, static_argnums=2)
 
 
@@ -509,7 +549,7 @@ class JaxCanvas:
                                                self.combine)
 
     def observe(self, out_u8: np.ndarray, out_f32: np.ndarray):
-        canvas, levels = _observe_jit(self._canvas)
+        canvas, levels = _observe_jit(self._canvas, self.config.observation_width)
         out_u8[...] = np.asarray(levels[0])
         out_f32[...] = np.asarray(canvas[0])
 

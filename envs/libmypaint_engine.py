@@ -243,10 +243,10 @@ class LibMyPaintCanvas:
         return rgb.astype(np.float32) / np.float32(255.0)
 
     def observe(self, out_u8: np.ndarray, out_f32: np.ndarray):
-        """(64, 64, C) uint8 and float32 observation: area average of the uint8 surface, rounded."""
+        """(ow, ow, C) uint8 and float32 observation: area average of the uint8 surface, rounded."""
         from spiral.envs.numba_engine import UINT8_TO_FLOAT
         canvas = self.full_canvas()
-        s = self.config.scale
+        s = self.config.downsample
         if s > 1:
             w = canvas.shape[0] // s
             canvas = canvas.reshape(w, s, w, s, -1).mean(axis=(1, 3), dtype=np.float64)

@@ -13,14 +13,22 @@ Polarity: grayscale canvases paint black ink on white (``background="white"``, S
 libmypaint) or white ink on black (``background="black"``, as MNIST/Omniglot digits are stored);
 colour strokes use the (red, green, blue) sub-actions on either background.
 
-Observation: ``canvas`` (64, 64, C) float32, quantised to multiples of 1/255 (``k/255``, so
-``obs * 255`` rounds back to the uint8 level exactly; ``canvas_uint8()`` returns those levels for
-the last observation, cheaply); larger canvases (128, 256) are area-averaged to 64 first.
-``action_mask`` (one float per key, in ``action_spec`` order): all ones after a paint step;
-only ``flag`` and ``end`` after a jump and at reset. ``target`` in conditional mode.
+Observation: ``canvas`` (ow, ow, C) float32 with ow = ``observation_width`` (64 by default; 32,
+16 or 8 for reduced runs), quantised to multiples of 1/255 (``k/255``, so ``obs * 255`` rounds back
+to the uint8 level exactly; ``canvas_uint8()`` returns those levels for the last observation,
+cheaply); a canvas wider than ow is area-averaged exactly (canvas_width / ow pixels square per
+observed pixel) before quantising. ``action_mask`` (one float per key, in ``action_spec`` order):
+all ones after a paint step; only ``flag`` and ``end`` after a jump and at reset. ``target`` in
+conditional mode: (ow, ow, C) float32 level/255, read-only, the same array for a whole episode.
+
+Targets (``spiral.envs.targets``): uint8 levels [N, ow, ow, C] are used as given, not copied (a
+read-only array shared between processes works); float32 targets in [0, 1] are quantised once, at
+construction, to the nearest k/255 with the canvases' rounding (values outside [0, 1] raise).
 
 Reward: 0.0, except in conditional mode with ``l2_reward=True``: on the LAST step
-−Σ (canvas − target)², a **sum** over the 64×64 pixels and the channels of the observation.
+−Σ (canvas − target)², a **sum** over the ow×ow pixels and the channels of the observation (so
+its scale depends on ow: a 32-wide observation sums a quarter as many pixels as a 64-wide one),
+computed exactly from the uint8 levels as −Σ(ΔL)²/255² (float64).
 
 Determinism: the dab noise of action i of episode e comes from the hash RNG keyed by
 (seed, e, i) (``spiral.envs.stroke.stroke_key``), and a conditional episode's target index from
@@ -39,7 +47,8 @@ import numpy as np
 
 from spiral.envs import specs
 from spiral.envs import stroke as spec
-from spiral.envs.config import OBSERVATION_WIDTH, PaintConfig
+from spiral.envs import targets as target_data
+from spiral.envs.config import DEFAULT_OBSERVATION_WIDTH, OBSERVATION_WIDTHS, PaintConfig
 from spiral.envs.engines import make_engine
 from spiral.envs.numba_engine import observe
 from spiral.envs.program import Jump, Program, Stroke
@@ -61,7 +70,7 @@ class PaintEnv(dm_env.Environment):
     """SPIRAL's stroke-by-stroke paint environment on the numba, JAX or libmypaint brush engine.
 
     Args:
-      canvas_width: rendering resolution (64, 128, 256); observations are 64×64.
+      canvas_width: rendering resolution (64, 128, 256).
       grid_width: width of the `end`/`control` grid.
       episode_length: reset + (episode_length − 1) actions (SPIRAL: 20).
       brush_sizes: brush radii in pixels of a 64 canvas (scaled with the canvas).
@@ -70,30 +79,37 @@ class PaintEnv(dm_env.Environment):
       background: "white" (black ink) or "black" (white ink).
       renderer: "numba" (default), "jax" or "libmypaint".
       seed: uint32 seed of the hash RNG (dab noise, target draws); None draws one from the OS.
-      targets: conditional mode: float32 [N, 64, 64, C] in [0, 1]; one target per episode.
+      targets: conditional mode, one target per episode: uint8 levels [N, ow, ow, C] (k means
+        k/255; used without copying, may be read-only) or float32 in [0, 1] (quantised once to
+        k/255 with the canvases' rounding).
       l2_reward: conditional only: reward −Σ(canvas − target)² at the last step.
+      observation_width: ow, the observed canvas and target width: 64 (SPIRAL), 32, 16 or 8.
     """
 
     def __init__(self, canvas_width: int = 64, grid_width: int = 32, episode_length: int = 20,
                  brush_sizes: Sequence[float] = specs.DEFAULT_BRUSH_SIZES, use_color: bool = False,
                  use_pressure: bool = True, background: str = "white", renderer: str = "numba",
                  seed: Optional[int] = None, targets: Optional[np.ndarray] = None,
-                 l2_reward: bool = False):
+                 l2_reward: bool = False, observation_width: int = DEFAULT_OBSERVATION_WIDTH):
         self.config = PaintConfig(canvas_width=canvas_width, grid_width=grid_width,
                                   episode_length=episode_length, brush_sizes=tuple(brush_sizes),
                                   use_color=use_color, use_pressure=use_pressure,
                                   background=background, conditional=targets is not None,
-                                  l2_reward=l2_reward)
+                                  l2_reward=l2_reward, observation_width=observation_width)
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < MAX_SEED:
             raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}.")
         self.seed = int(seed)
         self.renderer = renderer
-        self._targets = None if targets is None else _check_targets(targets, self.config.channels)
+        # uint8 levels [N, ow, ow, C]: the caller's array itself when it is uint8 (never copied).
+        self._targets = (None if targets is None
+                         else target_data.target_levels(targets, self.config.observation_shape))
+        self._target = None   # the episode's target as float32 level/255, read-only
         self._engine = make_engine(renderer, self.config)
         self._action_spec = self.config.action_spec()
         self._observation_spec = self.config.observation_spec()
+        self._observation_shape = self.config.observation_shape
         keys = self.config.action_keys
         self._paint_mask = specs.action_mask(keys, painted=True)
         self._jump_mask = specs.action_mask(keys, painted=False)
@@ -130,6 +146,9 @@ class PaintEnv(dm_env.Environment):
                 self._target_index, self._next_target = self._next_target, None
             else:
                 self._target_index = spec.target_index(self.seed, self._episode, len(self._targets))
+            target = target_data.levels_to_float(self._targets[self._target_index])
+            target.flags.writeable = False
+            self._target = target
         self._program = Program(self.seed, self._episode, self.config.background, self.config.channels)
         self._step_type = dm_env.StepType.FIRST
         return dm_env.restart(self._observation(self._jump_mask))
@@ -152,7 +171,7 @@ class PaintEnv(dm_env.Environment):
         observation = self._observation(mask)
         if self._t == self.config.episode_length - 1:
             self._step_type = dm_env.StepType.LAST
-            return dm_env.termination(self._final_reward(observation), observation)
+            return dm_env.termination(self._final_reward(), observation)
         self._step_type = dm_env.StepType.MID
         return dm_env.transition(0.0, observation, discount=1.0)
 
@@ -175,6 +194,18 @@ class PaintEnv(dm_env.Environment):
         """Dataset index of the current episode's target (conditional mode)."""
         return self._target_index
 
+    @property
+    def targets(self) -> Optional[np.ndarray]:
+        """The conditional targets as uint8 levels [N, ow, ow, C] (a read-only view), or None.
+
+        For uint8 targets this shares memory with the array passed in (nothing was copied).
+        """
+        if self._targets is None:
+            return None
+        view = self._targets.view()
+        view.flags.writeable = False
+        return view
+
     def set_next_target(self, index: int):
         """Make the next episode paint ``targets[index]`` (e.g. evaluation on a fixed held-out set)."""
         if self._targets is None:
@@ -184,7 +215,7 @@ class PaintEnv(dm_env.Environment):
         self._next_target = int(index)
 
     def canvas_uint8(self) -> np.ndarray:
-        """The last observation's canvas as uint8 levels (64, 64, C): ``canvas == levels / 255``."""
+        """The last observation's canvas as uint8 levels (ow, ow, C): ``canvas == levels / 255``."""
         if self._last_uint8 is None:
             raise ValueError("No observation yet: call reset() first.")
         return self._last_uint8
@@ -222,50 +253,41 @@ class PaintEnv(dm_env.Environment):
         return (point[0] / w, point[1] / w)
 
     def _observation(self, mask) -> dict:
-        c = self.config.channels
-        levels = np.empty((OBSERVATION_WIDTH, OBSERVATION_WIDTH, c), np.uint8)
-        canvas = np.empty((OBSERVATION_WIDTH, OBSERVATION_WIDTH, c), np.float32)
+        shape = self._observation_shape
+        levels = np.empty(shape, np.uint8)
+        canvas = np.empty(shape, np.float32)
         self._engine.observe(levels, canvas)
         self._last_uint8 = levels
         observation = {"canvas": canvas, "action_mask": mask.copy()}
         if self._targets is not None:
-            target = self._targets[self._target_index].view()
-            target.flags.writeable = False
-            observation["target"] = target
+            observation["target"] = self._target
         return observation
 
-    def _final_reward(self, observation) -> float:
+    def _final_reward(self) -> float:
         if not self.config.l2_reward:
             return 0.0
-        difference = observation["canvas"].astype(np.float64) - observation["target"]
-        return -float(np.sum(difference * difference))
+        # canvas and target are level/255, so Σ(canvas − target)² = Σ(ΔL)² / 255²: an exact
+        # integer sum (at most 64·64·3·255² < 2^31), one rounding at the end.
+        difference = (self._last_uint8.astype(np.int32)
+                      - self._targets[self._target_index].astype(np.int32)).ravel()
+        return -float(np.dot(difference, difference)) / 255.0 ** 2
 
 
-def _check_targets(targets, channels: int) -> np.ndarray:
-    """Conditional targets: float32 [N, 64, 64, C] in [0, 1], C = the canvas channels."""
-    if not isinstance(targets, np.ndarray):
-        raise ValueError(f"targets must be a numpy array [N, 64, 64, {channels}], got {type(targets).__name__}.")
-    shape = (OBSERVATION_WIDTH, OBSERVATION_WIDTH, channels)
-    if targets.ndim != 4 or targets.shape[1:] != shape or len(targets) == 0:
-        raise ValueError(f"targets must have shape [N, {', '.join(map(str, shape))}] with N >= 1, "
-                         f"got {targets.shape}.")
-    if targets.dtype != np.float32:
-        raise ValueError(f"targets must be float32 in [0, 1], got dtype {targets.dtype}; "
-                         f"convert with images.astype(np.float32) / 255.")
-    low, high = float(targets.min()), float(targets.max())
-    if low < 0.0 or high > 1.0:
-        raise ValueError(f"targets must lie in [0, 1], got values in [{low}, {high}].")
-    return targets
+def observe_canvas(canvas: np.ndarray, observation_width: int = DEFAULT_OBSERVATION_WIDTH):
+    """The agent's view of a full-resolution (W, W, C) canvas: (float32 (ow, ow, C), uint8 levels).
 
-
-def observe_canvas(canvas: np.ndarray):
-    """The agent's view of a full-resolution (W, W, C) canvas: (float32 (64, 64, C), uint8 levels)."""
+    ow = ``observation_width`` (64, 32, 16 or 8; W a multiple of it): the exact area average of
+    each (W/ow)² block, quantised to k/255 as ``PaintEnv`` observes.
+    """
+    if observation_width not in OBSERVATION_WIDTHS:
+        raise ValueError(f"observation_width must be one of {OBSERVATION_WIDTHS}, got {observation_width!r}.")
     canvas = np.asarray(canvas, np.float32)
     w = canvas.shape[0]
-    if canvas.ndim != 3 or canvas.shape[1] != w or w % OBSERVATION_WIDTH:
-        raise ValueError(f"canvas must be (W, W, C) with W a multiple of 64, got {canvas.shape}.")
+    if canvas.ndim != 3 or canvas.shape[1] != w or w < observation_width or w % observation_width:
+        raise ValueError(f"canvas must be (W, W, C) with W a multiple of observation_width="
+                         f"{observation_width}, got {canvas.shape}.")
     c = canvas.shape[2]
-    levels = np.empty((OBSERVATION_WIDTH, OBSERVATION_WIDTH, c), np.uint8)
-    out = np.empty((OBSERVATION_WIDTH, OBSERVATION_WIDTH, c), np.float32)
+    levels = np.empty((observation_width, observation_width, c), np.uint8)
+    out = np.empty((observation_width, observation_width, c), np.float32)
     observe(np.ascontiguousarray(canvas.transpose(2, 0, 1)), levels, out)
     return out, levels

@@ -163,8 +163,8 @@ def test_bad_options_are_rejected():
         PaintEnv(seed=-1)
     with pytest.raises(ValueError, match="l2_reward"):
         PaintEnv(l2_reward=True)
-    with pytest.raises(ValueError, match="float32"):
-        PaintEnv(targets=np.zeros((2, 64, 64, 1), np.uint8))
+    with pytest.raises(ValueError, match="uint8 levels .* or float32"):
+        PaintEnv(targets=np.zeros((2, 64, 64, 1), np.float64))
     with pytest.raises(ValueError, match="shape"):
         PaintEnv(targets=np.zeros((2, 32, 32, 1), np.float32))
     with pytest.raises(ValueError, match="\\[0, 1\\]"):
@@ -221,7 +221,8 @@ def test_black_background_paints_white_ink():
 
 def test_conditional_targets_l2_reward_and_fixed_target_index():
     rng = np.random.default_rng(0)
-    targets = rng.random((7, 64, 64, 1)).astype(np.float32)
+    # Float targets on the k/255 grid (off-grid floats are quantised: test_env_observation.py).
+    targets = (rng.integers(0, 256, (7, 64, 64, 1)) / 255).astype(np.float32)
     env = PaintEnv(targets=targets, l2_reward=True, episode_length=5, seed=3)
     assert "target" in env.observation_spec()
     ts = env.reset()

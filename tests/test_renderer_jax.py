@@ -149,7 +149,7 @@ def test_paint_env_jax_renderer_matches_numba_colour_128():
 def test_conditional_batched_targets_and_l2_reward():
     config = PaintConfig(episode_length=4, conditional=True, l2_reward=True)
     rng = np.random.default_rng(0)
-    dataset = rng.random((5, 64, 64, 1)).astype(F32)
+    dataset = (rng.integers(0, 256, (5, 64, 64, 1)) / 255).astype(F32)   # on the k/255 grid
     state = je.reset(9, 3, config, dataset=dataset)
     for b in range(3):   # the same hash draw as PaintEnv
         assert int(state.target_index[b]) == spec.target_index(9 + b, 0, 5)

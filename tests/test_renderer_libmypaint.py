@@ -58,6 +58,19 @@ def test_libmypaint_env_runs_episodes_and_paints_colour():
     assert np.array_equal(env.canvas_uint8(), np.rint(canvas * 255).astype(np.uint8))
 
 
+def test_libmypaint_env_observes_the_area_average_at_observation_width_32():
+    skip_unless(le.available(), f"libmypaint or dry_brush missing: {le.INSTALL_HINT}")
+    env = PaintEnv(renderer="libmypaint", canvas_width=128, observation_width=32, episode_length=3, seed=0)
+    env.reset()
+    action = {k: 0 for k in env.action_spec()}
+    action.update(flag=1, end=32 * 20 + 20, control=32 * 5 + 25, size=3, pressure=9)
+    canvas = env.step(action).observation["canvas"]
+    assert canvas.shape == (32, 32, 1) and canvas.min() < 0.5
+    full = env.full_canvas().astype(np.float64)                 # 128×128: 4×4 blocks per pixel
+    expected = np.rint(full.reshape(32, 4, 32, 4, 1).mean(axis=(1, 3)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(env.canvas_uint8(), expected)
+
+
 def test_missing_library_error_names_the_apt_packages(monkeypatch):
     monkeypatch.setattr(le, "LIBRARY_NAME", "libmypaint-does-not-exist.so.9")
     monkeypatch.setattr(le, "_LIBRARY", None)
