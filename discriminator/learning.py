@@ -50,6 +50,12 @@ def make_optimizer(config: DiscriminatorConfig) -> optax.GradientTransformation:
 
 def init_state(config: DiscriminatorConfig, rng: jax.Array) -> DiscriminatorState:
     """A fresh state: random critic, zero Adam moments, step 0."""
+    return _init_state(config, rng)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_state(config: DiscriminatorConfig, rng: jax.Array) -> DiscriminatorState:
+    # Jitted as a whole: op-by-op, the many small initialisers each pay a compile on CPU.
     init_rng, state_rng = jax.random.split(rng)
     params, spectral = networks.init_critic(init_rng, config)
     opt_state = make_optimizer(config).init(params)
