@@ -73,15 +73,15 @@ def train(config, real_images, fake_canvases, steps, seed=0):
 def test_wgan_gp_critic_separates_mnist_from_blank_canvases(mnist):
     """A blank canvas is the hard case for a Lipschitz critic: it is close to a thin digit in L2.
 
-    Measured (seeds 0, 1, 3): ranking 1.0 from about 40 updates on; threshold-0 accuracy 0.96–0.98
-    at 60–150 updates (the mean penalty keeps the critic centred, so 0 is a fair threshold).
+    Measured (seeds 0, 1, 2; 100 updates): ranking 1.0, threshold-0 accuracy 0.977–0.983 (the mean
+    penalty keeps the critic centred, so 0 is a fair threshold); lr-0 controls rank 0.22–0.88.
     """
     train_digits, held_out_digits = mnist
     learner = train(WGAN, train_digits, blank_canvases(WGAN.replay_capacity), steps=100)
     assert held_out_ranking(learner, held_out_digits, blank_canvases(1)) >= 0.95
     assert held_out_accuracy(learner, held_out_digits, blank_canvases(1)) >= 0.9
 
-    # Control: the same run with learning rate 0 stays far from it (measured 0.30 for seed 0),
+    # Control: the same run with learning rate 0 does not get there (measured 0.22 for seed 0),
     # and its weights do not move.
     control = train(WGAN.small(learning_rate=0.0), train_digits, blank_canvases(WGAN.replay_capacity), steps=5)
     assert held_out_ranking(control, held_out_digits, blank_canvases(1)) < 0.95
@@ -90,7 +90,8 @@ def test_wgan_gp_critic_separates_mnist_from_blank_canvases(mnist):
 
 
 def test_sngan_discriminator_separates_mnist_from_blank_and_noise(mnist):
-    """Measured (seeds 0, 1, 3): threshold-0 accuracy 0.98–1.0 after 150 updates, 0.70–0.92 at 60."""
+    """Measured (seeds 0, 1, 2): threshold-0 accuracy 0.985–0.997 after 150 updates (0.70–0.92 at
+    60); lr-0 controls 0.27–0.66."""
     train_digits, held_out_digits = mnist
     rng = np.random.default_rng(0)
     fakes = np.concatenate([blank_canvases(SNGAN.replay_capacity // 2), noise_canvases(rng, SNGAN.replay_capacity // 2)])
