@@ -42,8 +42,8 @@ class Hyperparams(NamedTuple):
 
 
 class LearnerState(NamedTuple):
-    params: Any
-    opt_state: Any
+    params: Any             # the agent's parameter pytree (float32)
+    opt_state: Any          # Adam's state over the parameters raveled into one flat vector
     step: Array             # int32 []: updates applied so far = the version of ``params``
     rng: Array              # uint32 [2]: the learner's key; the update itself draws no randomness
     skipped_updates: Array  # int32 []: updates refused for a non-finite loss or gradient
@@ -100,8 +100,9 @@ def make_update_step(agent: Agent, config: PolicyLearnerConfig
         tm = batch_to_time_major(batch)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, tm, state.hyperparams.entropy_cost)
-        # The optimiser works on one flat vector: the same arithmetic as per leaf, but a handful
-        # of fused kernels instead of several per parameter array (XLA compiles 3× faster on CPU).
+        # The optimiser works on one flat vector: the same arithmetic as per leaf, but a few
+        # fused kernels instead of several per parameter array (633 -> 400 kernels for the test
+        # network's whole update; it compiles ~20% faster on CPU).
         flat_params, unravel = ravel_pytree(state.params)
         flat_grads, _ = ravel_pytree(grads)
         grad_norm = jnp.sqrt(jnp.sum(flat_grads ** 2))

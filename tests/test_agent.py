@@ -212,6 +212,31 @@ def test_teacher_forced_logits_equal_sampling_logits(small_agent, small_step):
                                        rtol=0)
 
 
+def test_heads_are_autoregressive_in_spec_order(small_agent):
+    """A key's logits depend on the keys sampled before it (spec order), never on later ones."""
+    agent, params = small_agent
+    assert agent.action_keys == specs.action_keys(SMALL.brush_sizes, True, True)
+    t_len, b = 1, 3
+    rng = np.random.default_rng(0)
+    obs = Observation(jnp.asarray(rng.integers(0, 256, (t_len + 1, b, 16, 16, 3)), jnp.uint8),
+                      jnp.ones((t_len + 1, b, len(SMALL.action_keys))))
+    action = {k: jnp.asarray(rng.integers(0, n, (t_len, b)), jnp.int32)
+              for k, n in SMALL.action_sizes.items()}
+    unroll = jax.jit(agent.unroll)
+    args = (jnp.zeros((t_len + 1, b), bool).at[0].set(True), )
+    base = unroll(params, obs, *args, action, agent.initial_state(b),
+                  jnp.zeros((t_len + 1, b, SMALL.noise_dim)))
+    keys = agent.action_keys
+    for i, changed in enumerate(keys[:-1]):
+        other = dict(action)
+        other[changed] = (action[changed] + 1) % SMALL.action_sizes[changed]
+        out = unroll(params, obs, *args, other, agent.initial_state(b),
+                     jnp.zeros((t_len + 1, b, SMALL.noise_dim)))
+        for j, k in enumerate(keys):
+            same = np.array_equal(out.logits[k], base.logits[k])
+            assert same == (j <= i), (changed, k)
+
+
 def test_first_resets_state_and_previous_action(small_agent, small_step):
     agent, params = small_agent
     b = 3

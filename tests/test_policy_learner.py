@@ -313,10 +313,10 @@ def test_learning_raises_the_expected_reward_and_not_without_learning():
     assert expected_reward(agent, learner.params, step, B, eval_key) == pytest.approx(start,
                                                                                       abs=1e-6)
     learner.set_hyperparameters(learning_rate=3e-3)
-    rewards = train(150, seed=2)
+    rewards = train(100, seed=2)
     end = expected_reward(agent, learner.params, step, B, eval_key)
     assert 0.2 < start < 0.8
-    assert end > 0.9 and end - start > 0.15, (start, end)
-    assert np.mean(rewards[-20:]) > np.mean(rewards[:20]) + 0.1
+    assert end > 0.9 and end - start > 0.15, (start, end)   # typically 0.5 -> 0.99
+    assert np.mean(rewards[-20:]) > np.mean(rewards[:5]) + 0.2
     # Changing the learning rate did not recompile the update.
     assert learner._jitted_update._cache_size() == compiled
