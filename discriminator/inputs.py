@@ -9,6 +9,8 @@ Input pairs (SPIRAL.md §3):
 * complement (SPIRAL++): for a half mask m (1 on one half: left, right, top or bottom),
   ``concat((1-m)·target, m·canvas)``; the real pair is ``((1-m)·real, m·real)``. The critic sees one
   half of the target and must judge whether the other half of the canvas completes it.
+  The hidden parts are 0, which on a dark-ink-on-white canvas reads as solid ink; real and fake
+  pairs are hidden alike, so this tells the critic only where the mask is.
 """
 
 from __future__ import annotations

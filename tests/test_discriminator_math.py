@@ -1,6 +1,9 @@
 """The critic's math against independent references: an explicit numpy network, finite
 differences, an SVD, hand-written losses; the complement masks; bad-input errors."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,3 +231,10 @@ def test_bad_config_values_are_rejected():
         DiscriminatorConfig(channels=(8, 16))
     assert DiscriminatorConfig().replay_capacity == 1280
     assert DiscriminatorConfig(loss="sngan").use_spectral_norm and not DiscriminatorConfig().use_spectral_norm
+
+
+def test_discriminator_never_imports_ray():
+    """learner/ and discriminator/ must run without Ray (SPIRAL's runtime wraps them)."""
+    code = "import sys, spiral.discriminator; print('ray' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
