@@ -337,8 +337,7 @@ def observe(canvas, out_u8, out_f32):
     for c in range(channels):
         for y in range(width_out):
             if s == 1:
-                for x in range(width_out):
-                    row[x] = canvas[c, y, x]
+                values = canvas[c, y]
             else:
                 for x in range(width_out):
                     row[x] = _ZERO
@@ -349,8 +348,9 @@ def observe(canvas, out_u8, out_f32):
                             row[x] = row[x] + source[x * s + dx]
                 for x in range(width_out):
                     row[x] = row[x] * inv_area
+                values = row
             for x in range(width_out):
-                q = min(max(_round_half_even(row[x] * _F255), _ZERO), _F255)
+                q = min(max(_round_half_even(values[x] * _F255), _ZERO), _F255)
                 out_u8[y, x, c] = np.uint8(q)
                 out_f32[y, x, c] = q / _F255
 
