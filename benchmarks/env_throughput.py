@@ -11,7 +11,11 @@ One command prints one table (and, with --write-results, puts it in benchmarks/R
   other processes on a shared machine do not count (each engine uses one thread); wall-clock
   rates are printed too.
 * Full ``PaintEnv.step`` steps/s (action validation, program recording, observation), which is
-  what an actor pays.
+  what an actor pays; also for the reduced configuration of CPU learning tests (32×32
+  observations, 16×16 grid, conditional with uint8 targets), as a ratio to the default step.
+* The numba observation (area average + quantisation) at several canvas → observation widths,
+  as a ratio to a loop-per-output-pixel form of the same arithmetic (the first version; the
+  outputs are checked bit-equal before timing).
 * The batched JAX engine (``jax_engine.step`` under jit) at B = 256 and 4096 on CPU (wall clock,
   XLA's own threads), and on GPU when JAX sees one (else "not measured: no GPU here").
 * Memory per environment: numba and libmypaint PaintEnv (resident-set growth over many
@@ -91,8 +95,8 @@ def engine_strokes_per_second(renderer: str, config: PaintConfig, actions, secon
     return strokes / cpu, strokes / wall
 
 
-def env_steps_per_second(renderer: str, actions, seconds: float):
-    env = PaintEnv(renderer=renderer, seed=0)
+def env_steps_per_second(renderer: str, actions, seconds: float, **env_options):
+    env = PaintEnv(renderer=renderer, seed=0, **env_options)
     env.reset()
     for a in actions[:50]:
         env.step(a)
@@ -102,6 +106,68 @@ def env_steps_per_second(renderer: str, actions, seconds: float):
             env.step(a)
         steps += 500
     return steps / (time.process_time() - start_cpu), steps / (time.perf_counter() - start_wall)
+
+
+def _observe_per_pixel():
+    """The first version of ``numba_engine.observe`` (one output pixel at a time): the baseline."""
+    from numba import njit
+
+    one, zero, f255 = np.float32(1.0), np.float32(0.0), np.float32(255.0)
+    magic = np.float32(1.5 * 2 ** 23)
+
+    @njit(cache=False, error_model="numpy")
+    def observe(canvas, out_u8, out_f32):
+        channels, height, width = canvas.shape
+        width_out = out_u8.shape[0]
+        s = height // width_out
+        inv_area = one / np.float32(s * s)
+        flat = canvas.reshape(-1)
+        flat_u8 = out_u8.reshape(-1)
+        flat_f32 = out_f32.reshape(-1)
+        for c in range(channels):
+            for y in range(width_out):
+                for x in range(width_out):
+                    if s == 1:
+                        v = flat[(c * height + y) * width + x]
+                    else:
+                        total = zero
+                        for dy in range(s):
+                            base = (c * height + y * s + dy) * width + x * s
+                            for dx in range(s):
+                                total = total + flat[base + dx]
+                        v = total * inv_area
+                    q = min(max((v * f255 + magic) - magic, zero), f255)
+                    o = (y * width_out + x) * channels + c
+                    flat_u8[o] = np.uint8(q)
+                    flat_f32[o] = q / f255
+
+    return observe
+
+
+def observe_rows(cases, repeats: int = 3000):
+    """µs per observation (CPU time) of ``numba_engine.observe`` and of the per-pixel baseline."""
+    from spiral.envs.numba_engine import observe
+
+    baseline = _observe_per_pixel()
+    rng = np.random.default_rng(0)
+    rows = []
+    for width, observation_width, channels in cases:
+        canvas = rng.random((channels, width, width)).astype(np.float32)
+        times, outputs = [], []
+        for fn in (baseline, observe):
+            u8 = np.empty((observation_width, observation_width, channels), np.uint8)
+            f32 = np.empty((observation_width, observation_width, channels), np.float32)
+            fn(canvas, u8, f32)
+            start = time.process_time()
+            for _ in range(repeats):
+                fn(canvas, u8, f32)
+            times.append((time.process_time() - start) / repeats)
+            outputs.append((u8, f32))
+        if not all(np.array_equal(a, b) for a, b in zip(*outputs)):
+            raise AssertionError(f"observe {width}->{observation_width} differs from the baseline")
+        rows.append((f"numba observe {width}→{observation_width}, C={channels}", f"{times[1] * 1e6:.1f} µs",
+                     f"{times[0] / times[1]:.1f}x the per-pixel loop", f"per-pixel {times[0] * 1e6:.1f} µs; bit-equal"))
+    return rows
 
 
 def jax_rows(config: PaintConfig, batches, steps: int):
@@ -265,9 +331,17 @@ def main(argv=None):
     env_cpu, env_wall = env_steps_per_second("numba", actions, args.seconds)
     rows.append(("PaintEnv.step, numba", f"{env_cpu:,.0f} steps/s", f"wall {env_wall:,.0f}/s",
                  "validation + program + observation"))
+    reduced = dict(observation_width=32, grid_width=16,
+                   targets=np.random.default_rng(0).integers(0, 256, (100, 32, 32, 1), dtype=np.uint8),
+                   l2_reward=True)
+    small_cpu, small_wall = env_steps_per_second("numba", random_mix(PaintConfig(grid_width=16), 20000),
+                                                 args.seconds, **reduced)
+    rows.append(("PaintEnv.step, numba, obs 32, grid 16, uint8 targets", f"{small_cpu:,.0f} steps/s",
+                 f"wall {small_wall:,.0f}/s", f"{small_cpu / env_cpu:.2f}x the default step (CPU time)"))
     if le.available():
         lenv_cpu, lenv_wall = env_steps_per_second("libmypaint", actions, args.seconds)
         rows.append(("PaintEnv.step, libmypaint", f"{lenv_cpu:,.0f} steps/s", f"wall {lenv_wall:,.0f}/s", ""))
+    rows.extend(observe_rows([(64, 64, 1), (64, 32, 1), (128, 64, 1), (128, 32, 3), (256, 8, 1)]))
     rows.extend(jax_rows(config, (256, 4096), args.jax_steps))
     for renderer in ("numba", "libmypaint") if le.available() else ("numba",):
         traced, rss = memory_per_env(renderer)
@@ -277,7 +351,8 @@ def main(argv=None):
     command = "python benchmarks/env_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (f"{SECTION} (benchmarks/env_throughput.py)\n\n"
               f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Command: `{command.strip()}`.\n"
-              f"Single-core rates use process CPU time (the machine is shared); \"wall\" is wall clock.\n\n"
+              f"Single-core rates use process CPU time (the machine is shared); \"wall\" is wall clock "
+              f"(1-minute load average at the end: {os.getloadavg()[0]:.1f}; JAX rows are wall clock).\n\n"
               "| what | rate | | notes |\n|---|---|---|---|\n")
     table = header + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows) + "\n"
     print(table)
