@@ -64,6 +64,8 @@ def init_learner_state(agent: Agent, config: PolicyLearnerConfig, rng: Array,
     params_rng, learner_rng = jax.random.split(rng)
     if params is None:
         params = agent.init(params_rng)
+    else:   # a copy: the update may donate (and so delete) the state's buffers on GPU
+        params = jax.tree.map(lambda x: jnp.array(x, jnp.float32), params)
     return LearnerState(
         params=params,
         opt_state=make_optimizer(config).init(ravel_pytree(params)[0]),  # over the flat vector
@@ -184,6 +186,8 @@ class PolicyLearner:
         return int(self._state.skipped_updates)
 
     def get_state(self) -> LearnerState:
+        """The current state (Acme's ``save``). On GPU/TPU the next ``update`` donates its buffers
+        to XLA: copy it (``jax.device_get``) to keep it across updates."""
         return self._state
 
     def set_state(self, state: LearnerState) -> None:

@@ -193,7 +193,7 @@ def test_non_finite_batch_is_refused_and_counted():
     learner = PolicyLearner(TINY, CONFIG, seed=0)
     good = random_batch(TINY, B, T, seed=0)
     learner.update(good)
-    before = learner.state
+    before = jax.device_get(learner.state)   # a host copy: on GPU the update donates the state
     bad = good._replace(reward=np.where(np.arange(T) == T - 1, np.nan, good.reward).astype(np.float32))
     metrics = learner.update(bad)
     assert metrics["update_applied"] == 0.0 and metrics["skipped_updates"] == 1.0
