@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "pillow>=11.0",
     "ray[default]>=2.60",
     "tensorboardX>=2.6",
+    # Keeps BLAS to one thread while the dataset loaders resize on their own threads.
+    "threadpoolctl>=3.5",
 ]
 
 EXTRAS = {

@@ -90,7 +90,7 @@ class LocalBackend:
 
     @staticmethod
     def kill(handle, no_restart: bool = False):
-        raise NotImplementedError("Actors cannot be killed in the local runtime; use --runtime=ray.")
+        del handle, no_restart  # in-process workers end when their last reference goes
 
     @staticmethod
     def is_actor_error(error: BaseException) -> bool:
@@ -105,6 +105,7 @@ class RayBackend:
     def __init__(self):
         import ray  # pylint: disable=import-outside-toplevel
         self.ray = ray
+        self._pinned = []  # constructor arguments of restartable actors (see create)
 
     def create(self, cls, *args, num_cpus: float = 1, num_gpus: float = 0, max_restarts: int = 0,
                name: str | None = None, runtime_env: dict | None = None, **kwargs):
@@ -116,6 +117,12 @@ class RayBackend:
             options["name"] = name
         if runtime_env:
             options["runtime_env"] = runtime_env
+        if max_restarts:
+            # A restart re-runs __init__ with the same arguments: keep them in the object store,
+            # owned and referenced here, for as long as the run lasts (ray-project/ray#53727).
+            args = [self.ray.put(a) for a in args]
+            kwargs = {k: self.ray.put(v) for k, v in kwargs.items()}
+            self._pinned.append((args, kwargs))
         return self.ray.remote(cls).options(**options).remote(*args, **kwargs)
 
     def get(self, x, timeout: float | None = None):

@@ -49,7 +49,7 @@ _LINE = (
     ("mean_episode_return", "return {:+.3f}"),
     ("d_real", "D(real) {:+.3f}"),
     ("d_fake", "D(fake) {:+.3f}"),
-    ("policy_loss", "pi loss {:+.3f}"),
+    ("pg_loss", "pg loss {:+.3f}"),
     ("entropy", "H {:.2f}"),
 )
 

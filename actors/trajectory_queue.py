@@ -43,10 +43,13 @@ class TrajectoryQueue:
       capacity: most unrolls outstanding at once (in flight + ready). Must be >= len(actors).
       max_policy_lag: drop unrolls whose policy is more than this many versions old.
       on_actor_failure: called with (actor_index, exception) when an unroll call fails.
+      max_consecutive_failures: an actor whose unrolls fail this many times in a row is broken
+        (not merely restarted): the queue raises instead of retrying it forever.
     """
 
     def __init__(self, backend, actors: Sequence[Any], capacity: int, max_policy_lag: int,
-                 on_actor_failure: Callable[[int, BaseException], None] | None = None):
+                 on_actor_failure: Callable[[int, BaseException], None] | None = None,
+                 max_consecutive_failures: int = 5):
         if capacity < len(actors):
             raise ValueError(f"queue capacity ({capacity}) must be at least the number of actors "
                              f"({len(actors)}), or some actors would never run.")
@@ -57,6 +60,8 @@ class TrajectoryQueue:
         self.capacity = capacity
         self.max_policy_lag = max_policy_lag
         self._on_actor_failure = on_actor_failure
+        self._max_failures = max_consecutive_failures
+        self._failures_in_a_row = collections.Counter()
         self._in_flight: dict[Any, tuple[int, Any]] = {}  # metadata ref -> (actor index, traj ref)
         self._ready: collections.deque = collections.deque()  # (metadata, traj ref)
         self._idle_actors: collections.deque = collections.deque(range(len(self._actors)))
@@ -91,10 +96,15 @@ class TrajectoryQueue:
                 meta = self._backend.get(ref)
             except Exception as e:  # pylint: disable=broad-except
                 self.stats.unrolls_failed += 1
+                self._failures_in_a_row[i] += 1
                 if self._on_actor_failure is None:
                     raise
+                if self._failures_in_a_row[i] >= self._max_failures:
+                    raise RuntimeError(f"actor {i} failed {self._failures_in_a_row[i]} unrolls in a "
+                                       f"row; the last error was: {e}") from e
                 self._on_actor_failure(i, e)
                 continue
+            self._failures_in_a_row[i] = 0
             self.stats.unrolls_received += 1
             self._ready.append((meta, traj_ref))
 

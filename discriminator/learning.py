@@ -169,6 +169,13 @@ class DiscriminatorLearner:
     def step(self) -> int:
         return int(self._state.step)
 
+    def set_state(self, state: DiscriminatorState) -> None:
+        """Replace the state (e.g. one restored by a runtime's checkpoint); structure must match."""
+        if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(self._state):
+            raise ValueError("set_state: the state's structure does not match this learner's "
+                             "(a different DiscriminatorConfig?).")
+        self._state = state
+
     def update(self, fake, real=None, targets=None) -> dict:
         """One update on validated host batches; returns the metrics as jax scalars (not synced)."""
         channels = self.config.image_channels
@@ -210,7 +217,7 @@ class DiscriminatorLearner:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         with ocp.CheckpointManager(directory, options=options) as manager:
             manager.save(self.step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_state_to_tree(self._state)),
+                state=ocp.args.StandardSave(state_to_tree(self._state)),
                 learner=ocp.args.JsonSave({"config": _config_to_json(self.config), "seed": self.seed})))
             manager.wait_until_finished()
         return directory / str(self.step)
@@ -233,9 +240,9 @@ class DiscriminatorLearner:
             if differences:
                 raise ValueError(f"Checkpoint {directory / str(step)} was written with a different config "
                                  f"(field: (this learner, checkpoint)): {differences}.")
-            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_to_tree(self._state))
+            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_to_tree(self._state))
             tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-        self._state = _state_from_tree(tree, self._state)
+        self._state = state_from_tree(tree, self._state)
         self.seed = int(saved["seed"])  # the host sampling stream continues from the saved run
         return int(step)
 
@@ -244,7 +251,7 @@ def _config_to_json(config: DiscriminatorConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def _state_to_tree(state: DiscriminatorState) -> dict:
+def state_to_tree(state: DiscriminatorState) -> dict:
     """The state as nested dicts of arrays (orbax-friendly; empty containers dropped)."""
     leaves = jax.tree_util.tree_leaves(state.opt_state)
     tree = {"params": state.params, "opt_leaves": {str(i): leaf for i, leaf in enumerate(leaves)},
@@ -254,7 +261,7 @@ def _state_to_tree(state: DiscriminatorState) -> dict:
     return tree
 
 
-def _state_from_tree(tree: dict, like: DiscriminatorState) -> DiscriminatorState:
+def state_from_tree(tree: dict, like: DiscriminatorState) -> DiscriminatorState:
     treedef = jax.tree_util.tree_structure(like.opt_state)
     opt_leaves = [tree["opt_leaves"][str(i)] for i in range(treedef.num_leaves)]
     return DiscriminatorState(

@@ -111,3 +111,12 @@ def test_monitor_prints_at_most_once_per_interval(tmp_path):
     line = out.getvalue().strip()
     assert line.count("\n") == 0 and "upd 1" in line and "lag 0.5" in line and "D(real)" not in line
     assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard event file written"
+
+
+def test_an_actor_that_keeps_failing_stops_the_run():
+    failures = []
+    be, clock, objs, q = _queue(num_actors=1, capacity=1, fail_on=set(range(1, 100)),
+                                on_failure=lambda i, e: failures.append(i))
+    with pytest.raises(RuntimeError, match="actor 0 failed 5 unrolls in a row"):
+        q.get(1, learner_version=0)
+    assert len(failures) == 4

@@ -1,0 +1,196 @@
+"""The three kinds of worker, as plain classes that Ray (or the local backend) runs as actors.
+
+* ``ActorWorker``: an ``EpisodeRunner`` that pulls the newest parameters at the start of each
+  unroll, sends its final canvases to the discriminator's replay, and returns (metadata,
+  trajectory) — two objects, so the learner can fetch the trajectory without the driver touching it.
+* ``PolicyLearnerWorker``: a ``PolicyLearner``; trains on the trajectories it is handed and
+  publishes each new parameter version.
+* ``DiscriminatorWorker``: a ``DiscriminatorLearner`` with its replay and the real images; trains
+  when asked and publishes its reward weights.
+
+They hold no Ray code beyond the backend calls, so ``--runtime=local`` runs exactly this code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spiral.actors import backend as backend_lib
+from spiral.actors.acting import EpisodeRunner
+from spiral.discriminator import DiscriminatorLearner, Replay
+from spiral.discriminator import learning as disc_learning
+from spiral.learner import PolicyLearner, Trajectory
+
+POLICY = "policy"
+DISCRIMINATOR = "discriminator"
+
+# Environment of a CPU actor process: XLA, BLAS and numba on one thread each, so N actors on N
+# cores do not oversubscribe them (XLA's default thread pool uses every core).
+SINGLE_THREAD_ENV = {
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "JAX_PLATFORMS": "cpu",
+}
+
+
+def make_backend(name: str):
+    return backend_lib.RayBackend() if name == "ray" else backend_lib.LocalBackend()
+
+
+def concat_trajectories(batches) -> Trajectory:
+    """Batched records [K_i, ...] -> one batch [Σ K_i, ...] (numpy)."""
+    if len(batches) == 1:
+        return batches[0]
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *batches)
+
+
+def _was_restarted() -> bool:
+    """True in a Ray actor that Ray restarted after it died."""
+    try:
+        import ray  # pylint: disable=import-outside-toplevel
+        if not ray.is_initialized():
+            return False
+        with warnings.catch_warnings():  # the property reads a deprecated field internally
+            warnings.simplefilter("ignore")
+            return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+class ActorWorker:
+    """Paints ``envs_per_actor`` episodes per ``unroll`` call with the newest published policy."""
+
+    def __init__(self, config, actor_index: int, parameter_server, discriminator_worker,
+                 wrapped_targets: Optional[list], backend_name: str):
+        self._backend = make_backend(backend_name)
+        self._params = parameter_server
+        self._disc = discriminator_worker
+        self.restarted = _was_restarted()
+        self.incarnation = os.urandom(4).hex()  # tells the driver when an actor was restarted
+        # A restarted actor must not replay the episodes it played before it died.
+        seed_offset = int.from_bytes(os.urandom(2), "little") + 1 if self.restarted else 0
+        targets = None if wrapped_targets is None else self._backend.get(wrapped_targets[0])
+        self.runner = EpisodeRunner(config, actor_index, targets, seed_offset)
+        self._uses_disc = config.uses_discriminator
+        self._current = {POLICY: (-1, None), DISCRIMINATOR: (-1, None)}
+        self._last_end: Optional[float] = None
+
+    def _refresh(self, name: str, timeout_s: float = 600.0):
+        """Pull the newest version of ``name`` if it is newer than ours (waits for the first)."""
+        start = time.monotonic()
+        while True:
+            have = self._current[name][0]
+            latest = self._backend.get(self._params.latest.remote(name, have))
+            if latest is not None:
+                version, wrapped = latest
+                self._current[name] = (version, jax.device_put(self._backend.get(wrapped[0])))
+            if self._current[name][1] is not None:
+                return
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError(f"no {name} parameters were published within {timeout_s:.0f} s.")
+            time.sleep(0.05)
+
+    def unroll(self):
+        start = time.perf_counter()
+        idle = 0.0 if self._last_end is None else start - self._last_end
+        self._refresh(POLICY)
+        if self._uses_disc:
+            self._refresh(DISCRIMINATOR)
+        policy_version, params = self._current[POLICY]
+        disc_version, weights = self._current[DISCRIMINATOR]
+        result = self.runner.unroll(params, policy_version, weights, disc_version)
+        if self._disc is not None:  # fire and forget: the replay copies them
+            self._disc.add_fakes.remote(result.final_canvases, result.targets)
+        self._last_end = time.perf_counter()
+        metadata = dict(result.metadata, idle_seconds=idle,
+                        unroll_seconds=self._last_end - start, restarted=self.restarted,
+                        incarnation=self.incarnation)
+        return metadata, result.trajectory
+
+
+class PolicyLearnerWorker:
+    """Trains the policy on batches of trajectories and publishes every new version."""
+
+    def __init__(self, config, parameter_server, backend_name: str):
+        self._backend = make_backend(backend_name)
+        self._params = parameter_server
+        self.learner = PolicyLearner(config.agent, config.policy, seed=config.runtime.seed)
+        self.publish()
+
+    def publish(self) -> int:
+        params = jax.device_get(self.learner.params)
+        self._params.publish.remote(POLICY, self.learner.step, [self._backend.put(params)])
+        return self.learner.step
+
+    def update(self, *trajectories: Trajectory) -> dict:
+        """One update on the unrolls given (each [K, ...]); returns metrics and timings."""
+        start = time.perf_counter()
+        batch = concat_trajectories(trajectories)
+        ready = time.perf_counter()
+        metrics = self.learner.update(batch)
+        done = time.perf_counter()
+        self.publish()
+        metrics.update(learner_prepare_seconds=ready - start, learner_update_seconds=done - ready,
+                       version=float(self.learner.step), batch_episodes=float(batch.reward.shape[0]))
+        return metrics
+
+    def get_state(self):
+        return jax.device_get(self.learner.state)
+
+    def set_state(self, state) -> int:
+        self.learner.set_state(jax.tree.map(jnp.asarray, state))
+        return self.publish()
+
+
+class DiscriminatorWorker:
+    """The discriminator learner, its replay of final canvases and the real images."""
+
+    def __init__(self, config, parameter_server, wrapped_real: list, backend_name: str):
+        self._backend = make_backend(backend_name)
+        self._params = parameter_server
+        seed = config.runtime.seed
+        self.learner = DiscriminatorLearner(config.discriminator, seed=seed)
+        self.replay = Replay.from_config(config.discriminator, seed=seed)
+        self.real = self._backend.get(wrapped_real[0])  # uint8 levels [N, 64, 64, C]
+        self.publish()
+
+    def publish(self) -> int:
+        version, weights = self.learner.publish()
+        self._params.publish.remote(DISCRIMINATOR, version, [self._backend.put(weights)])
+        return version
+
+    def add_fakes(self, canvases: np.ndarray, targets: Optional[np.ndarray] = None) -> int:
+        self.replay.add(canvases, targets)
+        return len(self.replay)
+
+    def train(self, num_updates: int) -> Optional[dict]:
+        """``num_updates`` updates on replayed fakes and real images; None until the replay holds
+        one batch (training on a few canvases repeated would overfit them)."""
+        if num_updates < 1 or len(self.replay) < self.learner.config.batch_size:
+            return None
+        start = time.perf_counter()
+        for _ in range(num_updates):
+            metrics = self.learner.train_step(self.replay, self.real)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        version = self.publish()
+        metrics.update(version=float(version), replay_size=float(len(self.replay)),
+                       replay_added=float(self.replay.num_added),
+                       disc_seconds=time.perf_counter() - start)
+        return metrics
+
+    def get_state(self) -> Any:
+        return jax.device_get(disc_learning.state_to_tree(self.learner.state))
+
+    def set_state(self, tree) -> int:
+        self.learner.set_state(disc_learning.state_from_tree(tree, self.learner.state))
+        return self.publish()

@@ -1,0 +1,230 @@
+"""The experiment's configuration: one frozen dataclass, composed of each component's own config.
+
+``ExperimentConfig`` is built from absl flags by ``spiral.launch.flags`` (flags exist nowhere
+else) and handed, as a plain picklable value, to every runtime, Ray worker and evaluation script.
+It checks the combination once, at start, so a contradiction fails before any actor launches.
+It round-trips through JSON (``to_dict`` / ``from_dict``): every checkpoint carries the config
+that produced it, and ``evaluate.py`` rebuilds the agent from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, Optional
+
+from spiral.discriminator import DiscriminatorConfig
+from spiral.envs import PaintConfig
+from spiral.learner import AgentConfig, PolicyLearnerConfig
+
+DATASETS = ("mnist", "omniglot", "celeba")
+RUNTIMES = ("ray", "local", "fused")
+REWARDS = ("discriminator", "l2")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How the pieces run together (``spiral.actors``): processes, sizes, budgets, logs, checkpoints.
+
+    Attributes:
+      runtime: "ray" (distributed actors and learners), "local" (one process, same code paths,
+        deterministic: for debugging and tests) or "fused" (the whole loop jitted on one device).
+      ray_address: None starts a local Ray on this machine; "auto" joins the cluster it runs on.
+      ray_num_cpus: CPUs the local Ray may schedule (0: this machine's count). More than the cores
+        oversubscribes them deliberately (e.g. 2 actors and the learners on a 2-core laptop).
+      num_actors: Ray actors (one CPU core each) painting with the numba engine.
+      envs_per_actor: environments per actor, stepped together with one batched policy call.
+      batch_size: episodes per policy update (a multiple of envs_per_actor).
+      queue_capacity: unrolls outstanding at once (0: twice the unrolls of one batch, at least
+        one per actor).
+      max_policy_lag: unrolls acted by a policy more versions behind the learner are dropped.
+      disc_updates_per_policy_update: discriminator updates per policy update (may be fractional).
+      max_updates: stop after this many policy updates (0: no limit).
+      max_minutes: stop after this much training time (0: no limit).
+      num_gpus: GPUs for the two learners: 0 (CPU), a fraction or 1 (shared), 2 (one each).
+      seed: seeds parameters, environments and sampling.
+      logdir: TensorBoard event files ("" for none).
+      checkpoint_dir: checkpoints ("" for none); resume continues from the latest one there.
+      checkpoint_every_minutes: checkpoint period (and always at the end).
+      resume: continue from the latest checkpoint in checkpoint_dir.
+      log_every_seconds: progress line period.
+      image_every_updates: sample canvases to TensorBoard every this many policy updates.
+    """
+
+    runtime: str = "ray"
+    ray_address: Optional[str] = None
+    ray_num_cpus: int = 0
+    num_actors: int = 2
+    envs_per_actor: int = 8
+    batch_size: int = 64
+    queue_capacity: int = 0
+    max_policy_lag: int = 20
+    disc_updates_per_policy_update: float = 1.0
+    max_updates: int = 0
+    max_minutes: float = 0.0
+    num_gpus: float = 0.0
+    seed: int = 0
+    logdir: str = ""
+    checkpoint_dir: str = ""
+    checkpoint_every_minutes: float = 10.0
+    resume: bool = False
+    log_every_seconds: float = 5.0
+    image_every_updates: int = 100
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"--runtime must be one of {RUNTIMES}, got {self.runtime!r}.")
+        for name in ("num_actors", "envs_per_actor", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+        if self.runtime != "fused" and self.batch_size % self.envs_per_actor:
+            raise ValueError(f"--batch_size ({self.batch_size}) must be a multiple of --envs_per_actor "
+                             f"({self.envs_per_actor}): a batch is made of whole actor unrolls.")
+        if self.queue_capacity < 0 or self.max_policy_lag < 0:
+            raise ValueError("--queue_capacity and --max_policy_lag must be >= 0.")
+        if self.queue_capacity and self.queue_capacity < max(self.num_actors, self.unrolls_per_batch):
+            raise ValueError(f"--queue_capacity ({self.queue_capacity}) must be at least the number of "
+                             f"actors ({self.num_actors}) and the unrolls in one batch "
+                             f"({self.unrolls_per_batch}); or 0 for the default.")
+        if self.disc_updates_per_policy_update < 0:
+            raise ValueError(f"--disc_updates_per_policy_update must be >= 0, got "
+                             f"{self.disc_updates_per_policy_update}.")
+        if self.max_updates < 0 or self.max_minutes < 0:
+            raise ValueError("--max_updates and --max_minutes must be >= 0 (0 means no limit).")
+        if self.max_updates == 0 and self.max_minutes == 0:
+            raise ValueError("Set --max_updates or --max_minutes (or both): a run needs a budget.")
+        if self.num_gpus < 0 or (self.num_gpus > 1 and self.num_gpus != 2):
+            raise ValueError(f"--num_gpus must be 0, a fraction in (0, 1], or 2, got {self.num_gpus}.")
+        if self.resume and not self.checkpoint_dir:
+            raise ValueError("--resume needs --checkpoint_dir (where to find the checkpoint).")
+        if self.checkpoint_every_minutes <= 0 or self.log_every_seconds <= 0:
+            raise ValueError("--checkpoint_every_minutes and --log_every_seconds must be > 0.")
+        if self.image_every_updates < 1:
+            raise ValueError(f"--image_every_updates must be >= 1, got {self.image_every_updates}.")
+        if not 0 <= self.seed < 2 ** 31:
+            raise ValueError(f"--seed must be in [0, 2**31), got {self.seed}.")
+
+    @property
+    def unrolls_per_batch(self) -> int:
+        return max(1, self.batch_size // self.envs_per_actor)
+
+    @property
+    def capacity(self) -> int:
+        """The trajectory queue's bound (unrolls outstanding)."""
+        return self.queue_capacity or max(self.num_actors, 2 * self.unrolls_per_batch)
+
+    def learner_gpus(self) -> tuple[float, float]:
+        """(policy learner, discriminator learner) GPU shares."""
+        if self.num_gpus == 2:
+            return 1.0, 1.0
+        return self.num_gpus / 2, self.num_gpus / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one training run needs. See each component's config for its fields.
+
+    Attributes:
+      dataset: "mnist", "omniglot" or "celeba": the real images (and conditional targets).
+      data_dir: where the datasets live (None: $SPIRAL_DATA_DIR, else the per-user cache).
+      dataset_limit: use only the first N training images (0: all), for quick runs.
+      reward: "discriminator" (SPIRAL) or "l2" (the conditional baseline −‖canvas − target‖²).
+      temporal_credit_assignment: SPIRAL++'s per-step reward D(c_t) − D(c_{t−1}).
+      new_stroke_penalty: reward added for each paint step that starts a new continuous stroke
+        (after a jump or reset); SPIRAL used a small negative value on MNIST (magnitude unpublished).
+      blank_penalty: reward added at the last step of an episode that painted nothing.
+    """
+
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    dataset_limit: int = 0
+    reward: str = "discriminator"
+    temporal_credit_assignment: bool = False
+    new_stroke_penalty: float = 0.0
+    blank_penalty: float = 0.0
+    env: PaintConfig = PaintConfig()
+    agent: AgentConfig = AgentConfig()
+    policy: PolicyLearnerConfig = PolicyLearnerConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    runtime: RuntimeConfig = RuntimeConfig(max_updates=1)
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"--dataset must be one of {DATASETS}, got {self.dataset!r}.")
+        if self.reward not in REWARDS:
+            raise ValueError(f"--reward must be one of {REWARDS}, got {self.reward!r}.")
+        if self.dataset_limit < 0:
+            raise ValueError(f"--dataset_limit must be >= 0, got {self.dataset_limit}.")
+        env, agent, disc = self.env, self.agent, self.discriminator
+        if self.reward == "l2" and not env.conditional:
+            raise ValueError("--reward=l2 compares the canvas with a target: it needs --conditional.")
+        if self.reward == "l2" and self.temporal_credit_assignment:
+            raise ValueError("--temporal_credit_assignment applies to the discriminator reward; "
+                             "drop it with --reward=l2.")
+        if env.l2_reward:
+            raise ValueError("Set the L2 reward with ExperimentConfig.reward='l2', not "
+                             "PaintConfig.l2_reward: the actors compute every reward.")
+        if disc.complement and not env.conditional:
+            raise ValueError("--complement_discriminator needs --conditional (it masks halves of the "
+                             "target).")
+        mismatches = [
+            (name, getattr(agent, name), value) for name, value in (
+                ("grid_width", env.grid_width), ("brush_sizes", env.brush_sizes),
+                ("use_color", env.use_color), ("use_pressure", env.use_pressure),
+                ("conditional", env.conditional), ("canvas_width", self.observation_width))
+            if getattr(agent, name) != value]
+        if mismatches:
+            raise ValueError("The agent's action space / input does not match the environment's: "
+                             + "; ".join(f"agent.{n}={a!r} but environment has {e!r}"
+                                         for n, a, e in mismatches))
+        if disc.image_channels != env.channels or disc.conditional != env.conditional:
+            raise ValueError(f"The discriminator (channels {disc.image_channels}, conditional "
+                             f"{disc.conditional}) does not match the environment (channels "
+                             f"{env.channels}, conditional {env.conditional}).")
+        if self.reward == "discriminator" and self.observation_width != 64:
+            raise ValueError(f"The discriminator scores 64×64 canvases; an observation width of "
+                             f"{self.observation_width} only works with --reward=l2.")
+
+    @property
+    def observation_width(self) -> int:
+        """The width of the canvases the agent (and the discriminator) sees."""
+        return self.env.observation_width
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.reward == "discriminator"
+
+    # ------------------------------------------------------------------ JSON round trip
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExperimentConfig":
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ExperimentConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _from_dict(cls, data: dict) -> Any:
+    """Rebuild a (nested) frozen dataclass from ``dataclasses.asdict`` output (lists -> tuples)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} field(s) {sorted(unknown)} in the saved config; "
+                         f"was it written by a newer version of spiral?")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _from_dict(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,203 @@
+"""The absl flags of the training scripts, and the one function that turns them into a config.
+
+Every script (``run_mnist.py``, ``run_omniglot.py``, ``run_celeba.py``) calls ``define_flags``
+with its dataset's preset (the defaults ``--help`` shows), then ``config_from_flags()`` in its
+``main``: flags are read here, in the driver, and nowhere else; workers get the frozen config.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+from absl import flags
+
+from spiral.discriminator import DiscriminatorConfig
+from spiral.envs import PaintConfig
+from spiral.learner import AgentConfig, PolicyLearnerConfig
+from spiral.launch.config import DATASETS, REWARDS, RUNTIMES, ExperimentConfig, RuntimeConfig
+
+FLAGS = flags.FLAGS
+
+# The network sizes a flag can pick. "full" is the released SPIRAL agent (~1.6 M parameters);
+# "small" keeps the 64×64 canvas and 32×32 grid but shrinks every layer, for CPU runs.
+AGENT_SIZES = {
+    "full": {},
+    "small": dict(torso_channels=16, torso_residual_blocks=2, torso_output_size=128, lstm_size=128,
+                  decoder_channels=16, decoder_residual_blocks=2),
+    "tiny": dict(torso_channels=8, torso_residual_blocks=1, torso_output_size=32, lstm_size=32,
+                 decoder_channels=8, decoder_residual_blocks=1, embed_dim=4, condition_hidden=(16,),
+                 head_mlp_hidden=(8,), noise_dim=4),
+}
+DISC_SIZES = {"full": (64, 128, 256, 512), "small": (16, 32, 64, 128), "tiny": (8, 16, 16, 32)}
+
+# Per-dataset defaults (SPIRAL.md): what `python launch/run_<dataset>.py` trains with no flags.
+PRESETS = {
+    "mnist": dict(dataset="mnist", use_color=False, conditional=False, episode_length=20),
+    "omniglot": dict(dataset="omniglot", use_color=False, conditional=True, episode_length=20),
+    "celeba": dict(dataset="celeba", use_color=True, conditional=False, episode_length=20),
+}
+
+
+_OUR_FLAGS: set[str] = set()
+
+
+def define_flags(preset: str) -> None:
+    """Define every training flag, with ``PRESETS[preset]``'s values as defaults."""
+    before = set(FLAGS)
+    _define(PRESETS[preset])
+    _OUR_FLAGS.update(set(FLAGS) - before)
+
+
+def _define(p: dict) -> None:
+    # Data and task.
+    flags.DEFINE_enum("dataset", p["dataset"], DATASETS, "Real images the discriminator learns from.")
+    flags.DEFINE_string("data_dir", None, "Dataset folder (default: $SPIRAL_DATA_DIR, else ~/.cache/spiral/data).")
+    flags.DEFINE_integer("dataset_limit", 0, "Use only the first N training images (0: all).")
+    flags.DEFINE_boolean("conditional", p["conditional"], "Reconstruct a target image shown to the agent.")
+    flags.DEFINE_enum("reward", "discriminator", REWARDS, "discriminator (SPIRAL) or l2 (conditional baseline).")
+    flags.DEFINE_boolean("temporal_credit_assignment", False, "SPIRAL++ per-step reward D(c_t) - D(c_t-1).")
+    flags.DEFINE_float("new_stroke_penalty", 0.0, "Reward for each paint step that starts a new stroke (e.g. -0.01).")
+    flags.DEFINE_float("blank_penalty", 0.0, "Reward at the end of an episode that painted nothing (e.g. -1).")
+    # Environment.
+    flags.DEFINE_integer("episode_length", p["episode_length"], "Steps per episode: reset + N-1 strokes.")
+    flags.DEFINE_integer("canvas_width", 64, "Rendering resolution (64, 128, 256); the agent sees 64x64.")
+    flags.DEFINE_integer("observation_width", 64, "Canvas width the agent sees (64; 32/16 for small CPU runs, L2 reward only).")
+    flags.DEFINE_integer("grid_width", 32, "Width of the stroke end/control point grid.")
+    flags.DEFINE_boolean("use_color", p["use_color"], "Colour canvas and red/green/blue actions.")
+    flags.DEFINE_boolean("use_pressure", True, "Expose the pressure action (else pressure 1).")
+    flags.DEFINE_list("brush_sizes", ["1", "2", "4", "8", "12", "24"], "Brush radii in pixels of a 64 canvas.")
+    # Agent and policy learner.
+    flags.DEFINE_enum("network", "full", list(AGENT_SIZES), "Agent size: full (SPIRAL's, 1.6 M params), small, tiny.")
+    flags.DEFINE_float("learning_rate", 1e-4, "Policy Adam learning rate (SPIRAL: 1e-5 .. 3e-4).")
+    flags.DEFINE_float("entropy_cost", 1e-2, "Entropy bonus weight (SPIRAL: 2e-3 .. 1e-1).")
+    flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Learner compute precision.")
+    # Discriminator.
+    flags.DEFINE_enum("discriminator_loss", "wgan_gp", ["wgan_gp", "sngan"], "WGAN-GP (SPIRAL) or SN-GAN (SPIRAL++).")
+    flags.DEFINE_enum("disc_network", "full", list(DISC_SIZES), "Discriminator size: full, small, tiny.")
+    flags.DEFINE_boolean("complement_discriminator", False, "SPIRAL++ complement discriminator (conditional).")
+    flags.DEFINE_float("disc_learning_rate", 1e-4, "Discriminator Adam learning rate.")
+    flags.DEFINE_float("gp_weight", 1.0, "WGAN-GP gradient penalty weight (SPIRAL's agents: 1).")
+    flags.DEFINE_integer("disc_batch_size", 64, "Fake (and real) images per discriminator update.")
+    flags.DEFINE_integer("replay_batches", 20, "The replay holds the final canvases of this many D batches.")
+    flags.DEFINE_float("disc_updates_per_policy_update", 1.0, "Discriminator updates per policy update.")
+    # Runtime.
+    flags.DEFINE_enum("runtime", "ray", RUNTIMES, "ray (distributed), local (one process), fused (one device).")
+    flags.DEFINE_string("ray_address", None, "Ray cluster to join ('auto' on a cluster); default: start a local Ray.")
+    flags.DEFINE_integer("ray_num_cpus", 0, "CPUs of the local Ray (0: this machine's); more oversubscribes.")
+    flags.DEFINE_integer("num_actors", max(1, (os.cpu_count() or 2) - 1), "CPU actors (one core each).")
+    flags.DEFINE_integer("envs_per_actor", 8, "Environments per actor, stepped with one batched policy call.")
+    flags.DEFINE_integer("batch_size", 64, "Episodes per policy update (a multiple of --envs_per_actor).")
+    flags.DEFINE_integer("queue_capacity", 0, "Unrolls outstanding at once (0: 2 batches).")
+    flags.DEFINE_integer("max_policy_lag", 20, "Drop unrolls acted more than this many versions ago.")
+    flags.DEFINE_integer("max_updates", 20000, "Stop after this many policy updates (0: no limit).")
+    flags.DEFINE_float("max_minutes", 0.0, "Stop after this many minutes (0: no limit).")
+    flags.DEFINE_float("num_gpus", 0.0, "GPUs for the learners: 0 (CPU), 0.5/1 (shared), 2 (one each).")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_string("run_dir", None, "Where logs and checkpoints go (default: runs/<dataset>-<time>).")
+    flags.DEFINE_string("logdir", None, "TensorBoard folder (default: <run_dir>/tb).")
+    flags.DEFINE_string("checkpoint_dir", None, "Checkpoint folder (default: <run_dir>/checkpoints).")
+    flags.DEFINE_float("checkpoint_every_minutes", 10.0, "Checkpoint period (and always at the end).")
+    flags.DEFINE_boolean("resume", False, "Continue from the latest checkpoint in --checkpoint_dir / --run_dir.")
+    flags.DEFINE_float("log_every_seconds", 5.0, "Progress line period.")
+    flags.DEFINE_integer("image_every_updates", 100, "Sample canvases to TensorBoard every N updates.")
+
+
+def _run_dir(values: dict[str, Any]) -> str:
+    if values["run_dir"]:
+        return values["run_dir"]
+    if values["resume"] and not values["checkpoint_dir"]:
+        raise ValueError("--resume needs --run_dir (or --checkpoint_dir) of the run to continue.")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{values['dataset']}-{stamp}")
+
+
+def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
+    """Build and check the config from flag values (a dict: testable without absl)."""
+    try:
+        brush_sizes = tuple(float(s) for s in values["brush_sizes"])
+    except ValueError:
+        raise ValueError(f"--brush_sizes must be numbers, got {values['brush_sizes']}.") from None
+    env = PaintConfig(canvas_width=values["canvas_width"], grid_width=values["grid_width"],
+                      episode_length=values["episode_length"], brush_sizes=brush_sizes,
+                      use_color=values["use_color"], use_pressure=values["use_pressure"],
+                      conditional=values["conditional"],
+                      observation_width=values["observation_width"])
+    agent = AgentConfig(canvas_width=env.observation_width, grid_width=env.grid_width, brush_sizes=env.brush_sizes,
+                        use_color=env.use_color, use_pressure=env.use_pressure,
+                        conditional=env.conditional, **AGENT_SIZES[values["network"]])
+    policy = PolicyLearnerConfig(learning_rate=values["learning_rate"],
+                                 entropy_cost=values["entropy_cost"],
+                                 compute_dtype=values["compute_dtype"])
+    disc = DiscriminatorConfig(loss=values["discriminator_loss"], image_channels=env.channels,
+                               conditional=env.conditional,
+                               complement=values["complement_discriminator"],
+                               channels=DISC_SIZES[values["disc_network"]],
+                               learning_rate=values["disc_learning_rate"],
+                               gp_weight=values["gp_weight"],
+                               batch_size=values["disc_batch_size"],
+                               replay_batches=values["replay_batches"])
+    run_dir = _run_dir(values)
+    runtime = RuntimeConfig(
+        runtime=values["runtime"], ray_address=values["ray_address"],
+        ray_num_cpus=values["ray_num_cpus"], num_actors=values["num_actors"],
+        envs_per_actor=values["envs_per_actor"], batch_size=values["batch_size"],
+        queue_capacity=values["queue_capacity"], max_policy_lag=values["max_policy_lag"],
+        disc_updates_per_policy_update=values["disc_updates_per_policy_update"],
+        max_updates=values["max_updates"], max_minutes=values["max_minutes"],
+        num_gpus=values["num_gpus"], seed=values["seed"],
+        logdir=values["logdir"] or os.path.join(run_dir, "tb"),
+        checkpoint_dir=values["checkpoint_dir"] or os.path.join(run_dir, "checkpoints"),
+        checkpoint_every_minutes=values["checkpoint_every_minutes"], resume=values["resume"],
+        log_every_seconds=values["log_every_seconds"],
+        image_every_updates=values["image_every_updates"])
+    return ExperimentConfig(dataset=values["dataset"], data_dir=values["data_dir"],
+                            dataset_limit=values["dataset_limit"], reward=values["reward"],
+                            temporal_credit_assignment=values["temporal_credit_assignment"],
+                            new_stroke_penalty=values["new_stroke_penalty"],
+                            blank_penalty=values["blank_penalty"],
+                            env=env, agent=agent, policy=policy, discriminator=disc,
+                            runtime=runtime)
+
+
+def config_from_flags() -> ExperimentConfig:
+    return config_from_values({name: FLAGS[name].value for name in FLAGS if name in _OUR_FLAGS})
+
+
+
+
+def describe(config: ExperimentConfig) -> str:
+    """A few lines saying what will run, printed before training starts."""
+    rt, env = config.runtime, config.env
+    from spiral.learner import Agent, count_params  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
+    params = count_params(Agent(config.agent).init(jax.random.PRNGKey(0)))
+    task = "conditional" if env.conditional else "unconditional"
+    reward = config.reward + (" + TCA" if config.temporal_credit_assignment else "")
+    return (f"spiral: {config.dataset} {task}, reward {reward}, {env.episode_length - 1} strokes, "
+            f"{'colour' if env.use_color else 'grayscale'} {env.canvas_width}px\n"
+            f"  agent {params:,} parameters; runtime {rt.runtime}: {rt.num_actors} actors x "
+            f"{rt.envs_per_actor} envs, batch {rt.batch_size}, GPUs {rt.num_gpus:g}\n"
+            f"  budget: {rt.max_updates or 'no'} updates / {rt.max_minutes or 'no'} minutes; "
+            f"logs {rt.logdir}; checkpoints {rt.checkpoint_dir}")
+
+
+def main_for(preset: str):
+    """The ``main`` of a training script: flags -> config -> train."""
+    def main(argv):
+        if len(argv) > 1:
+            raise ValueError(f"Unexpected arguments {argv[1:]}: every option is a --flag (see --help).")
+        from spiral.actors import driver  # pylint: disable=import-outside-toplevel
+        try:
+            config = config_from_flags()
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        print(describe(config), flush=True)
+        result = driver.train(config)
+        counters = result["counters"]
+        print(f"done: {counters['updates']} policy updates, {counters['disc_updates']} discriminator "
+              f"updates, {counters['agent_steps']:,} agent steps; checkpoint {result['checkpoint']}",
+              flush=True)
+    return main
+

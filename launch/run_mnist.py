@@ -1,0 +1,14 @@
+"""Train SPIRAL on MNIST: `python launch/run_mnist.py --help` lists every option.
+
+Defaults follow SPIRAL.md's MNIST setup (see `spiral.launch.flags.PRESETS`); with no
+`--ray_address` a local Ray is started on this machine.
+"""
+
+from absl import app
+
+from spiral.launch import flags
+
+flags.define_flags("mnist")
+
+if __name__ == "__main__":
+    app.run(flags.main_for("mnist"))

@@ -1,0 +1,145 @@
+"""End-to-end runs of the training loop: local (deterministic) and on a 2-CPU local Ray.
+
+Tiny networks and short episodes keep each run to seconds of compute; what is checked is the
+plumbing: counts, finite losses, throughput, checkpoints, resume, the reward at the last step,
+policy versions, the queue bound, and a killed actor's restart.
+"""
+
+import os
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from spiral.actors import checkpointing, driver
+from spiral.actors.acting import EpisodeRunner
+from spiral.discriminator import DiscriminatorLearner, canvas_scores
+from spiral.launch import flags as launch_flags
+from spiral.learner import Agent
+
+
+def tiny_values(tmp_path, **overrides):
+    values = dict(
+        dataset="mnist", data_dir=None, dataset_limit=512, conditional=False,
+        reward="discriminator", temporal_credit_assignment=False, new_stroke_penalty=0.0,
+        blank_penalty=0.0, episode_length=5, canvas_width=64, observation_width=64, grid_width=32, use_color=False,
+        use_pressure=True, brush_sizes=["1", "2", "4", "8", "12", "24"], network="tiny",
+        learning_rate=1e-4, entropy_cost=1e-2, compute_dtype="float32",
+        discriminator_loss="wgan_gp", disc_network="tiny", complement_discriminator=False,
+        disc_learning_rate=1e-4, gp_weight=1.0, disc_batch_size=8, replay_batches=4,
+        disc_updates_per_policy_update=1.0,
+        runtime="local", ray_address=None, ray_num_cpus=0, num_actors=1, envs_per_actor=4,
+        batch_size=8, queue_capacity=0, max_policy_lag=20, max_updates=6, max_minutes=0.0,
+        num_gpus=0.0, seed=0, run_dir=str(tmp_path / "run"), logdir=None, checkpoint_dir=None,
+        checkpoint_every_minutes=10.0, resume=False, log_every_seconds=1.0, image_every_updates=2)
+    values.update(overrides)
+    return values
+
+
+def tiny_config(tmp_path, **overrides):
+    return launch_flags.config_from_values(tiny_values(tmp_path, **overrides))
+
+
+def test_reward_sits_on_the_last_step_and_equals_the_critic_score(data_dir, tmp_path):
+    """The data path keeps the final step's reward: r_T = D(final canvas), earlier rewards 0."""
+    config = tiny_config(tmp_path)
+    runner = EpisodeRunner(config, actor_index=0)
+    params = Agent(config.agent).init(jax.random.PRNGKey(1))
+    version, weights = DiscriminatorLearner(config.discriminator, seed=3).publish()
+    result = runner.unroll(params, 7, weights, version)
+    traj = result.trajectory
+    assert traj.reward.shape == (4, config.env.episode_length - 1)
+    np.testing.assert_array_equal(traj.reward[:, :-1], 0.0)
+    expected = np.asarray(canvas_scores(weights, result.final_canvases, config=config.discriminator))
+    np.testing.assert_allclose(traj.reward[:, -1], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(traj.discount[:, -1], 0.0)
+    np.testing.assert_array_equal(traj.discount[:, :-1], 1.0)
+    np.testing.assert_array_equal(traj.observation.canvas[:, -1], result.final_canvases)
+    assert (traj.policy_version == 7).all()
+
+
+def test_local_runtime_is_deterministic_and_resumes(data_dir, tmp_path):
+    first = driver.train(tiny_config(tmp_path / "a"))
+    second = driver.train(tiny_config(tmp_path / "b"))
+    assert first["counters"]["updates"] == 6 and first["counters"]["disc_updates"] > 0
+    for key in ("total_loss", "entropy", "grad_norm"):
+        assert np.isfinite(first["policy_metrics"][key])
+        assert first["policy_metrics"][key] == second["policy_metrics"][key], key
+    assert first["disc_metrics"]["loss"] == second["disc_metrics"]["loss"]
+
+    # Resume the first run to 9 updates: the counters continue from the checkpoint.
+    resumed = driver.train(tiny_config(tmp_path / "a", max_updates=9, resume=True))
+    assert resumed["counters"]["updates"] == 9
+    assert resumed["counters"]["episodes"] == 9 * 8
+    names = [os.path.basename(p) for p in
+             checkpointing.list_checkpoints(str(tmp_path / "a" / "run" / "checkpoints"))]
+    assert names == ["ckpt_00000006", "ckpt_00000009"]
+
+
+def test_resume_refuses_a_different_network(data_dir, tmp_path):
+    driver.train(tiny_config(tmp_path, max_updates=2))
+    with pytest.raises(ValueError, match="agent"):
+        driver.train(tiny_config(tmp_path, max_updates=3, resume=True, network="small"))
+
+
+@pytest.fixture(scope="module")
+def ray_2cpu():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_runtime_trains_checkpoints_and_resumes(data_dir, tmp_path, ray_2cpu):
+    result = driver.train(tiny_config(tmp_path, runtime="ray", max_updates=8))
+    counters = result["counters"]
+    assert counters["updates"] == 8 and counters["disc_updates"] >= 1
+    assert counters["agent_steps"] == 8 * 8 * 4
+    for key in ("total_loss", "pg_loss", "baseline_loss", "entropy"):
+        assert np.isfinite(result["policy_metrics"][key]), key
+    assert np.isfinite(result["disc_metrics"]["loss"])
+    assert result["policy_metrics"]["learner_update_seconds"] > 0
+    # The queue bound held and no unroll acted with a policy more than the allowed lag behind.
+    assert max(result["queue"]["lags"]) <= 20
+    assert result["checkpoint"].endswith("ckpt_00000008")
+    resumed = driver.train(tiny_config(tmp_path, runtime="ray", max_updates=10, resume=True))
+    assert resumed["counters"]["updates"] == 10
+    assert resumed["counters"]["agent_steps"] == 10 * 8 * 4
+
+
+def test_a_killed_actor_is_restarted_and_the_run_finishes(data_dir, tmp_path, ray_2cpu):
+    """Kill one actor's process (SIGKILL) mid-run: Ray restarts it and the run still completes."""
+    killed = []
+
+    def actor_pids():
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(b"ray::ActorWorker"):
+                        pids.append(int(pid))
+            except OSError:
+                pass
+        return pids
+
+    def killer():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            pids = actor_pids()
+            if pids and os.path.isdir(tmp_path / "run" / "tb"):
+                time.sleep(3.0)  # let it paint a few unrolls first
+                os.kill(pids[0], 9)
+                killed.append(pids[0])
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = driver.train(tiny_config(tmp_path, runtime="ray", max_updates=40, num_actors=1))
+    thread.join(timeout=5)
+    assert killed, "the test never found an actor to kill"
+    assert result["counters"]["updates"] == 40
+    assert result["counters"]["actor_restarts"] == 1
