@@ -6,7 +6,7 @@ The folders live at the top of the repository (``envs/``, ``learner/``, ...) but
 """
 from setuptools import setup
 
-PACKAGES = ("actors", "discriminator", "envs", "launch", "learner")
+PACKAGES = ("actors", "discriminator", "envs", "evaluation", "launch", "learner")
 
 # Lower bounds are the versions this project was tested with (2026-11, Python 3.11).
 # No upper bounds unless a reason is written next to one.
