@@ -43,65 +43,122 @@ PRESETS = {
 _OUR_FLAGS: set[str] = set()
 
 
-def define_flags(preset: str) -> None:
-    """Define every training flag, with ``PRESETS[preset]``'s values as defaults."""
-    before = set(FLAGS)
-    _define(PRESETS[preset])
-    _OUR_FLAGS.update(set(FLAGS) - before)
+def define_flags(preset: str, flag_values: flags.FlagValues = FLAGS) -> None:
+    """Define every training flag in ``flag_values``, with ``PRESETS[preset]``'s defaults."""
+    before = set(flag_values)
+    _define(PRESETS[preset], flag_values)
+    _OUR_FLAGS.update(set(flag_values) - before)
 
 
-def _define(p: dict) -> None:
+def default_values(preset: str = "mnist", **overrides) -> dict[str, Any]:
+    """The flag values a script would get with no flags, plus ``overrides``: for tests, benchmarks
+    and notebooks that build configs without absl (``config_from_values(default_values(...))``)."""
+    flag_values = flags.FlagValues()
+    define_flags(preset, flag_values)
+    values = {name: flag_values[name].default for name in flag_values}
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise ValueError(f"Unknown flag(s) {sorted(unknown)}.")
+    values.update(overrides)
+    return values
+
+
+def _define(p: dict, fv: flags.FlagValues) -> None:
     # Data and task.
-    flags.DEFINE_enum("dataset", p["dataset"], DATASETS, "Real images the discriminator learns from.")
-    flags.DEFINE_string("data_dir", None, "Dataset folder (default: $SPIRAL_DATA_DIR, else ~/.cache/spiral/data).")
-    flags.DEFINE_integer("dataset_limit", 0, "Use only the first N training images (0: all).")
-    flags.DEFINE_boolean("conditional", p["conditional"], "Reconstruct a target image shown to the agent.")
-    flags.DEFINE_enum("reward", "discriminator", REWARDS, "discriminator (SPIRAL) or l2 (conditional baseline).")
-    flags.DEFINE_boolean("temporal_credit_assignment", False, "SPIRAL++ per-step reward D(c_t) - D(c_t-1).")
-    flags.DEFINE_float("new_stroke_penalty", 0.0, "Reward for each paint step that starts a new stroke (e.g. -0.01).")
-    flags.DEFINE_float("blank_penalty", 0.0, "Reward at the end of an episode that painted nothing (e.g. -1).")
+    flags.DEFINE_enum("dataset", p["dataset"], DATASETS, "Real images the discriminator learns from.",
+        flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "Dataset folder (default: $SPIRAL_DATA_DIR, else ~/.cache/spiral/data).",
+        flag_values=fv)
+    flags.DEFINE_integer("dataset_limit", 0, "Use only the first N training images (0: all).",
+        flag_values=fv)
+    flags.DEFINE_boolean("conditional", p["conditional"], "Reconstruct a target image shown to the agent.",
+        flag_values=fv)
+    flags.DEFINE_enum("reward", "discriminator", REWARDS, "discriminator (SPIRAL) or l2 (conditional baseline).",
+        flag_values=fv)
+    flags.DEFINE_boolean("temporal_credit_assignment", False, "SPIRAL++ per-step reward D(c_t) - D(c_t-1).",
+        flag_values=fv)
+    flags.DEFINE_float("new_stroke_penalty", 0.0, "Reward for each paint step that starts a new stroke (e.g. -0.01).",
+        flag_values=fv)
+    flags.DEFINE_float("blank_penalty", 0.0, "Reward at the end of an episode that painted nothing (e.g. -1).",
+        flag_values=fv)
     # Environment.
-    flags.DEFINE_integer("episode_length", p["episode_length"], "Steps per episode: reset + N-1 strokes.")
-    flags.DEFINE_integer("canvas_width", 64, "Rendering resolution (64, 128, 256); the agent sees 64x64.")
-    flags.DEFINE_integer("observation_width", 64, "Canvas width the agent sees (64; 32/16 for small CPU runs, L2 reward only).")
-    flags.DEFINE_integer("grid_width", 32, "Width of the stroke end/control point grid.")
-    flags.DEFINE_boolean("use_color", p["use_color"], "Colour canvas and red/green/blue actions.")
-    flags.DEFINE_boolean("use_pressure", True, "Expose the pressure action (else pressure 1).")
-    flags.DEFINE_list("brush_sizes", ["1", "2", "4", "8", "12", "24"], "Brush radii in pixels of a 64 canvas.")
+    flags.DEFINE_integer("episode_length", p["episode_length"], "Steps per episode: reset + N-1 strokes.",
+        flag_values=fv)
+    flags.DEFINE_integer("canvas_width", 64, "Rendering resolution (64, 128, 256); the agent sees 64x64.",
+        flag_values=fv)
+    flags.DEFINE_integer("observation_width", 64, "Canvas width the agent sees (64; 32/16 for small CPU runs, L2 reward only).",
+        flag_values=fv)
+    flags.DEFINE_integer("grid_width", 32, "Width of the stroke end/control point grid.",
+        flag_values=fv)
+    flags.DEFINE_boolean("use_color", p["use_color"], "Colour canvas and red/green/blue actions.",
+        flag_values=fv)
+    flags.DEFINE_boolean("use_pressure", True, "Expose the pressure action (else pressure 1).",
+        flag_values=fv)
+    flags.DEFINE_list("brush_sizes", ["1", "2", "4", "8", "12", "24"], "Brush radii in pixels of a 64 canvas.",
+        flag_values=fv)
     # Agent and policy learner.
-    flags.DEFINE_enum("network", "full", list(AGENT_SIZES), "Agent size: full (SPIRAL's, 1.6 M params), small, tiny.")
-    flags.DEFINE_float("learning_rate", 1e-4, "Policy Adam learning rate (SPIRAL: 1e-5 .. 3e-4).")
-    flags.DEFINE_float("entropy_cost", 1e-2, "Entropy bonus weight (SPIRAL: 2e-3 .. 1e-1).")
-    flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Learner compute precision.")
+    flags.DEFINE_enum("network", "full", list(AGENT_SIZES), "Agent size: full (SPIRAL's, 1.6 M params), small, tiny.",
+        flag_values=fv)
+    flags.DEFINE_float("learning_rate", 1e-4, "Policy Adam learning rate (SPIRAL: 1e-5 .. 3e-4).",
+        flag_values=fv)
+    flags.DEFINE_float("entropy_cost", 1e-2, "Entropy bonus weight (SPIRAL: 2e-3 .. 1e-1).",
+        flag_values=fv)
+    flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Learner compute precision.",
+        flag_values=fv)
     # Discriminator.
-    flags.DEFINE_enum("discriminator_loss", "wgan_gp", ["wgan_gp", "sngan"], "WGAN-GP (SPIRAL) or SN-GAN (SPIRAL++).")
-    flags.DEFINE_enum("disc_network", "full", list(DISC_SIZES), "Discriminator size: full, small, tiny.")
-    flags.DEFINE_boolean("complement_discriminator", False, "SPIRAL++ complement discriminator (conditional).")
-    flags.DEFINE_float("disc_learning_rate", 1e-4, "Discriminator Adam learning rate.")
-    flags.DEFINE_float("gp_weight", 1.0, "WGAN-GP gradient penalty weight (SPIRAL's agents: 1).")
-    flags.DEFINE_integer("disc_batch_size", 64, "Fake (and real) images per discriminator update.")
-    flags.DEFINE_integer("replay_batches", 20, "The replay holds the final canvases of this many D batches.")
-    flags.DEFINE_float("disc_updates_per_policy_update", 1.0, "Discriminator updates per policy update.")
+    flags.DEFINE_enum("discriminator_loss", "wgan_gp", ["wgan_gp", "sngan"], "WGAN-GP (SPIRAL) or SN-GAN (SPIRAL++).",
+        flag_values=fv)
+    flags.DEFINE_enum("disc_network", "full", list(DISC_SIZES), "Discriminator size: full, small, tiny.",
+        flag_values=fv)
+    flags.DEFINE_boolean("complement_discriminator", False, "SPIRAL++ complement discriminator (conditional).",
+        flag_values=fv)
+    flags.DEFINE_float("disc_learning_rate", 1e-4, "Discriminator Adam learning rate.",
+        flag_values=fv)
+    flags.DEFINE_float("gp_weight", 1.0, "WGAN-GP gradient penalty weight (SPIRAL's agents: 1).",
+        flag_values=fv)
+    flags.DEFINE_integer("disc_batch_size", 64, "Fake (and real) images per discriminator update.",
+        flag_values=fv)
+    flags.DEFINE_integer("replay_batches", 20, "The replay holds the final canvases of this many D batches.",
+        flag_values=fv)
+    flags.DEFINE_float("disc_updates_per_policy_update", 1.0, "Discriminator updates per policy update.",
+        flag_values=fv)
     # Runtime.
-    flags.DEFINE_enum("runtime", "ray", RUNTIMES, "ray (distributed), local (one process), fused (one device).")
-    flags.DEFINE_string("ray_address", None, "Ray cluster to join ('auto' on a cluster); default: start a local Ray.")
-    flags.DEFINE_integer("ray_num_cpus", 0, "CPUs of the local Ray (0: this machine's); more oversubscribes.")
-    flags.DEFINE_integer("num_actors", max(1, (os.cpu_count() or 2) - 1), "CPU actors (one core each).")
-    flags.DEFINE_integer("envs_per_actor", 8, "Environments per actor, stepped with one batched policy call.")
-    flags.DEFINE_integer("batch_size", 64, "Episodes per policy update (a multiple of --envs_per_actor).")
-    flags.DEFINE_integer("queue_capacity", 0, "Unrolls outstanding at once (0: 2 batches).")
-    flags.DEFINE_integer("max_policy_lag", 20, "Drop unrolls acted more than this many versions ago.")
-    flags.DEFINE_integer("max_updates", 20000, "Stop after this many policy updates (0: no limit).")
-    flags.DEFINE_float("max_minutes", 0.0, "Stop after this many minutes (0: no limit).")
-    flags.DEFINE_float("num_gpus", 0.0, "GPUs for the learners: 0 (CPU), 0.5/1 (shared), 2 (one each).")
-    flags.DEFINE_integer("seed", 0, "Random seed.")
-    flags.DEFINE_string("run_dir", None, "Where logs and checkpoints go (default: runs/<dataset>-<time>).")
-    flags.DEFINE_string("logdir", None, "TensorBoard folder (default: <run_dir>/tb).")
-    flags.DEFINE_string("checkpoint_dir", None, "Checkpoint folder (default: <run_dir>/checkpoints).")
-    flags.DEFINE_float("checkpoint_every_minutes", 10.0, "Checkpoint period (and always at the end).")
-    flags.DEFINE_boolean("resume", False, "Continue from the latest checkpoint in --checkpoint_dir / --run_dir.")
-    flags.DEFINE_float("log_every_seconds", 5.0, "Progress line period.")
-    flags.DEFINE_integer("image_every_updates", 100, "Sample canvases to TensorBoard every N updates.")
+    flags.DEFINE_enum("runtime", "ray", RUNTIMES, "ray (distributed), local (one process), fused (one device).",
+        flag_values=fv)
+    flags.DEFINE_string("ray_address", None, "Ray cluster to join ('auto' on a cluster); default: start a local Ray.",
+        flag_values=fv)
+    flags.DEFINE_integer("ray_num_cpus", 0, "CPUs of the local Ray (0: this machine's); more oversubscribes.",
+        flag_values=fv)
+    flags.DEFINE_integer("num_actors", max(1, (os.cpu_count() or 2) - 1), "CPU actors (one core each).",
+        flag_values=fv)
+    flags.DEFINE_integer("envs_per_actor", 8, "Environments per actor, stepped with one batched policy call.",
+        flag_values=fv)
+    flags.DEFINE_integer("batch_size", 64, "Episodes per policy update (a multiple of --envs_per_actor).",
+        flag_values=fv)
+    flags.DEFINE_integer("queue_capacity", 0, "Unrolls outstanding at once (0: 2 batches).",
+        flag_values=fv)
+    flags.DEFINE_integer("max_policy_lag", 20, "Drop unrolls acted more than this many versions ago.",
+        flag_values=fv)
+    flags.DEFINE_integer("max_updates", 20000, "Stop after this many policy updates (0: no limit).",
+        flag_values=fv)
+    flags.DEFINE_float("max_minutes", 0.0, "Stop after this many minutes (0: no limit).",
+        flag_values=fv)
+    flags.DEFINE_float("num_gpus", 0.0, "GPUs for the learners: 0 (CPU), 0.5/1 (shared), 2 (one each).",
+        flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=fv)
+    flags.DEFINE_string("run_dir", None, "Where logs and checkpoints go (default: runs/<dataset>-<time>).",
+        flag_values=fv)
+    flags.DEFINE_string("logdir", None, "TensorBoard folder (default: <run_dir>/tb).",
+        flag_values=fv)
+    flags.DEFINE_string("checkpoint_dir", None, "Checkpoint folder (default: <run_dir>/checkpoints).",
+        flag_values=fv)
+    flags.DEFINE_float("checkpoint_every_minutes", 10.0, "Checkpoint period (and always at the end).",
+        flag_values=fv)
+    flags.DEFINE_boolean("resume", False, "Continue from the latest checkpoint in --checkpoint_dir / --run_dir.",
+        flag_values=fv)
+    flags.DEFINE_float("log_every_seconds", 5.0, "Progress line period.", flag_values=fv)
+    flags.DEFINE_integer("image_every_updates", 100, "Sample canvases to TensorBoard every N updates.",
+        flag_values=fv)
 
 
 def _run_dir(values: dict[str, Any]) -> str:
@@ -188,7 +245,10 @@ def main_for(preset: str):
     def main(argv):
         if len(argv) > 1:
             raise ValueError(f"Unexpected arguments {argv[1:]}: every option is a --flag (see --help).")
+        from absl import logging  # pylint: disable=import-outside-toplevel
         from spiral.actors import driver  # pylint: disable=import-outside-toplevel
+        if not FLAGS["verbosity"].present:  # orbax logs every checkpoint file at INFO
+            logging.set_verbosity(logging.WARNING)
         try:
             config = config_from_flags()
         except ValueError as e:

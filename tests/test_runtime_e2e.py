@@ -21,21 +21,13 @@ from spiral.learner import Agent
 
 
 def tiny_values(tmp_path, **overrides):
-    values = dict(
-        dataset="mnist", data_dir=None, dataset_limit=512, conditional=False,
-        reward="discriminator", temporal_credit_assignment=False, new_stroke_penalty=0.0,
-        blank_penalty=0.0, episode_length=5, canvas_width=64, observation_width=64, grid_width=32, use_color=False,
-        use_pressure=True, brush_sizes=["1", "2", "4", "8", "12", "24"], network="tiny",
-        learning_rate=1e-4, entropy_cost=1e-2, compute_dtype="float32",
-        discriminator_loss="wgan_gp", disc_network="tiny", complement_discriminator=False,
-        disc_learning_rate=1e-4, gp_weight=1.0, disc_batch_size=8, replay_batches=4,
-        disc_updates_per_policy_update=1.0,
-        runtime="local", ray_address=None, ray_num_cpus=0, num_actors=1, envs_per_actor=4,
-        batch_size=8, queue_capacity=0, max_policy_lag=20, max_updates=6, max_minutes=0.0,
-        num_gpus=0.0, seed=0, run_dir=str(tmp_path / "run"), logdir=None, checkpoint_dir=None,
-        checkpoint_every_minutes=10.0, resume=False, log_every_seconds=1.0, image_every_updates=2)
+    """Flag values of a tiny MNIST run: tiny networks, 4 strokes, batches of 8."""
+    values = dict(dataset_limit=512, episode_length=5, network="tiny", disc_network="tiny",
+                  disc_batch_size=8, replay_batches=4, runtime="local", num_actors=1,
+                  envs_per_actor=4, batch_size=8, max_updates=6, run_dir=str(tmp_path / "run"),
+                  log_every_seconds=1.0, image_every_updates=2)
     values.update(overrides)
-    return values
+    return launch_flags.default_values("mnist", **values)
 
 
 def tiny_config(tmp_path, **overrides):
