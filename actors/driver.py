@@ -219,7 +219,7 @@ class _Driver:
             be.get(self.disc.set_state.remote(state))
         print(f"Resumed from {path} at {self.counters.updates} policy updates.", flush=True)
 
-    def _checkpoint(self) -> Optional[str]:
+    def _checkpoint(self, monitor=None) -> Optional[str]:
         rt = self.config.runtime
         if not rt.checkpoint_dir:
             return None
@@ -229,6 +229,11 @@ class _Driver:
         path = checkpointing.save_checkpoint(rt.checkpoint_dir, self.counters.updates,
                                              self.config.to_dict(), dataclasses.asdict(self.counters),
                                              policy_state, disc_state)
+        # Evaluation at each checkpoint (spiral.evaluation): held-out metrics to
+        # <checkpoint_dir>/eval_log.jsonl and TensorBoard eval/*; reports its own failures.
+        from spiral.evaluation import log_checkpoint_metrics  # pylint: disable=import-outside-toplevel
+        log_checkpoint_metrics(self.config, policy_state.params, dataclasses.asdict(self.counters),
+                               monitor)
         return path
 
     def _on_actor_failure(self, index: int, error: BaseException):
@@ -329,7 +334,7 @@ class _Driver:
                 if rt.checkpoint_dir and now - last_checkpoint >= 60 * rt.checkpoint_every_minutes:
                     finish_update(block=True)
                     finish_disc()
-                    path = self._checkpoint()
+                    path = self._checkpoint(monitor)
                     last_checkpoint = time.monotonic()
                     print(f"checkpoint: {path}", flush=True)
             finish_update(block=True)
@@ -338,7 +343,7 @@ class _Driver:
             values = self._progress_values(queue, actor_rate, learner_rate, returns, actor_busy,
                                            actor_idle, last, time.monotonic() - start)
             monitor.progress(self.counters.updates, values, force=True)
-            path = self._checkpoint()
+            path = self._checkpoint(monitor)
             if path:
                 print(f"checkpoint: {path}", flush=True)
         finally:

@@ -61,8 +61,8 @@ def classifier_score(probabilities) -> ClassifierScore:
         raise ValueError("each row of probabilities must be a distribution (non-negative, sums to 1).")
     histogram = np.bincount(np.argmax(p, axis=1), minlength=p.shape[1]) / p.shape[0]
     nonzero = histogram[histogram > 0]
-    return ClassifierScore(float(np.mean(p.max(axis=1))), float(-np.sum(nonzero * np.log(nonzero))),
-                           histogram)
+    entropy = float(-np.sum(nonzero * np.log(nonzero))) + 0.0  # + 0.0: one class gives 0, not −0
+    return ClassifierScore(float(np.mean(p.max(axis=1))), entropy, histogram)
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
