@@ -280,7 +280,7 @@ def _episode_rewards(config, mode, disc_weights, canvases, targets):
     return episode_rewards(disc_weights, canvases, targets, config=config.discriminator, mode=mode)
 
 
-def make_fused_step(config, num_devices: int = 1, return_trajectory: bool = False):
+def make_fused_step(config, num_devices: int = 1, *, return_trajectory: bool = False):
     """``step(state, key) -> (state, metrics)``: one fused update, jitted.
 
     ``metrics`` holds the policy update's scalars (``spiral.learner`` names), the last
