@@ -81,7 +81,9 @@ def make_update_step(agent: Agent, config: PolicyLearnerConfig
     """The pure update ``update_step(state, batch) -> (state, metrics)``.
 
     ``batch`` is a ``Trajectory`` batch ([B, T+1] observations, see ``spiral.learner.types``);
-    shapes and dtypes are checked when it is traced (``ValueError`` naming the field).
+    shapes and dtypes are checked when it is traced (``ValueError`` naming the field). A
+    time-major producer (a ``lax.scan`` rollout) can swap its axes to batch-major before the
+    call: inside one ``jit`` XLA cancels that transpose against the update's own.
     """
     optimizer = make_optimizer(config)
 

@@ -4,6 +4,9 @@ The environment is not used here (it is written concurrently): a toy painter bel
 observations with the same layout (uint8-exact canvases, masks from ``specs.action_mask``).
 """
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -415,3 +418,10 @@ def test_record_helpers():
                                "action_mask": np.ones(4, np.float32)})
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         observation_to_record({"canvas": canvas * 2, "action_mask": np.ones(4, np.float32)})
+
+
+def test_learner_package_does_not_import_ray():
+    code = ("import sys, spiral.learner, spiral.learner.learning, spiral.learner.losses; "
+            "print('ray' in sys.modules or any(m.startswith('ray.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
