@@ -477,9 +477,14 @@ def train(config, num_devices: Optional[int] = None) -> dict:
         if not rt.checkpoint_dir:
             return None
         counters.elapsed_s = elapsed_before + time.monotonic() - start
-        return checkpointing.save_checkpoint(rt.checkpoint_dir, counters.updates, config.to_dict(),
-                                             dataclasses.asdict(counters), policy_tree(state),
-                                             disc_tree(state))
+        policy = policy_tree(state)
+        path = checkpointing.save_checkpoint(rt.checkpoint_dir, counters.updates, config.to_dict(),
+                                             dataclasses.asdict(counters), policy, disc_tree(state))
+        # The evaluation every runtime runs at a checkpoint (as the driver does): held-out
+        # metrics to <checkpoint_dir>/eval_log.jsonl and TensorBoard eval/*.
+        from spiral.evaluation import log_checkpoint_metrics  # pylint: disable=import-outside-toplevel
+        log_checkpoint_metrics(config, policy.params, dataclasses.asdict(counters), monitor)
+        return path
 
     pending = None   # the previous step's metrics (device arrays): fetched after the next dispatch
     try:

@@ -32,6 +32,7 @@ from spiral.actors import acting, checkpointing, driver, fused
 from spiral.discriminator import DiscriminatorLearner, Replay, make_episode_reward_fn
 from spiral.discriminator import learning as disc_learning
 from spiral.envs import PaintEnv, jax_engine
+from spiral.evaluation import read_eval_log
 from spiral.launch import flags as launch_flags
 from spiral.learner import FIRST, LAST, MID, PolicyLearner, batch_to_time_major, check_trajectory
 from test_runtime_e2e import tiny_values
@@ -312,6 +313,9 @@ def test_fused_run_checkpoints_and_resumes_across_runtimes(two_steps, tmp_path):
         assert np.isfinite(result["disc_metrics"][key]), key
     assert result["checkpoint"] == str(ckpt_dir / "ckpt_00000003")
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir / "tb"))
+    evaluation = read_eval_log(str(ckpt_dir))   # the evaluation hook ran at the checkpoint
+    assert [r["updates"] for r in evaluation] == [3] and "error" not in evaluation[0], evaluation
+    assert all(np.isfinite(v) for v in evaluation[0]["metrics"].values())
     saved_config, saved_counters = checkpointing.read_run_info(result["checkpoint"])
     assert saved_config["runtime"]["runtime"] == "fused" and saved_counters["updates"] == 3
     fused_trees = _trees(result["checkpoint"])
