@@ -88,7 +88,9 @@ class EpisodeRunner:
                      observation_width=env.observation_width)
             for i in range(k)]
         self.num_steps = env.episode_length - 1
-        self.agent = Agent(config.agent, config.policy.compute_dtype, config.policy.transposed_conv)
+        # Sampling uses the direct transposed convolutions whatever the learner uses: the same
+        # function and parameters, and the faster form at actor batch sizes (learner_throughput).
+        self.agent = Agent(config.agent, config.policy.compute_dtype, "direct")
         self._sample = jax.jit(self.agent.sample_step)
         self._noise = jax.jit(self.agent.sample_noise, static_argnums=1)
         self._rng = jax.random.PRNGKey(int(seeds[k]))

@@ -97,6 +97,16 @@ def _init_ray(config):
                          f"--num_gpus=0 to train on CPU, or start Ray where the GPUs are.")
 
 
+def check_local_gpu(num_gpus: float) -> None:
+    """The in-process runtimes use this process's JAX devices: fail early if a GPU was asked for
+    and JAX sees none."""
+    import jax  # pylint: disable=import-outside-toplevel
+    if jax.default_backend() == "cpu":
+        raise ValueError(f"--num_gpus={num_gpus:g} but JAX sees no GPU in this process (backend "
+                         f"'cpu'). Install the CUDA build (pip install -e '.[cuda]', see BUILD.md) "
+                         f"or use --num_gpus=0.")
+
+
 def learner_cpus(config) -> float:
     """CPU reservation of the two learner workers: none with GPUs, one core between them without."""
     return 0.0 if config.runtime.num_gpus > 0 else 1.0
@@ -171,6 +181,8 @@ class _Driver:
         self.backend = make_backend(rt.runtime)
         if rt.runtime == "ray":
             _init_ray(config)
+        elif rt.num_gpus > 0:
+            check_local_gpu(rt.num_gpus)
         self.counters = Counters()
         self.resume_from = None
         if rt.resume:
@@ -266,7 +278,9 @@ class _Driver:
         last_checkpoint = time.monotonic()
         submitted = self.counters.updates
         sample_ref = None
+        final_values = {}
         incarnations = collections.defaultdict(set)
+        versions = collections.defaultdict(lambda: collections.deque(maxlen=1000))
 
         def finish_update(block: bool):
             while pending and (block or len(pending) >= 2):
@@ -300,6 +314,7 @@ class _Driver:
                     actor_busy.append(meta["unroll_seconds"])
                     actor_idle.append(meta["idle_seconds"])
                     actor_rate.add(meta["agent_steps"])
+                    versions[meta["actor"]].append(meta["policy_version"])
                     seen = incarnations[meta["actor"]]
                     if meta["restarted"] and meta["incarnation"] not in seen:
                         self.counters.actor_restarts += 1
@@ -342,6 +357,7 @@ class _Driver:
             self.counters.elapsed_s = elapsed_before + time.monotonic() - start
             values = self._progress_values(queue, actor_rate, learner_rate, returns, actor_busy,
                                            actor_idle, last, time.monotonic() - start)
+            final_values = values
             monitor.progress(self.counters.updates, values, force=True)
             path = self._checkpoint(monitor)
             if path:
@@ -350,6 +366,8 @@ class _Driver:
             monitor.close()
             self._stop_workers()
         return {"counters": dataclasses.asdict(self.counters), "policy_metrics": last["policy"],
+                "progress": final_values,
+                "policy_versions_by_actor": {a: list(v) for a, v in versions.items()},
                 "disc_metrics": last["disc"], "checkpoint": self._last_checkpoint_path(),
                 "queue": dataclasses.asdict(queue.stats) | {"lags": list(queue.stats.lags)}}
 

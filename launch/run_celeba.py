@@ -5,10 +5,12 @@ Defaults follow SPIRAL.md's CelebA setup (see `spiral.launch.flags.PRESETS`); wi
 """
 
 from absl import app
+from absl import flags as absl_flags
 
 from spiral.launch import flags
 
 flags.define_flags("celeba")
+absl_flags.adopt_module_key_flags(flags)  # so --help lists them
 
 if __name__ == "__main__":
     app.run(flags.main_for("celeba"))

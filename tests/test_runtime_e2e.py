@@ -87,7 +87,8 @@ def ray_2cpu():
 
 
 def test_ray_runtime_trains_checkpoints_and_resumes(data_dir, tmp_path, ray_2cpu):
-    result = driver.train(tiny_config(tmp_path, runtime="ray", max_updates=8))
+    result = driver.train(tiny_config(tmp_path, runtime="ray", max_updates=8, num_actors=1,
+                                      ray_num_cpus=2))
     counters = result["counters"]
     assert counters["updates"] == 8 and counters["disc_updates"] >= 1
     assert counters["agent_steps"] == 8 * 8 * 4
@@ -97,6 +98,9 @@ def test_ray_runtime_trains_checkpoints_and_resumes(data_dir, tmp_path, ray_2cpu
     assert result["policy_metrics"]["learner_update_seconds"] > 0
     # The queue bound held and no unroll acted with a policy more than the allowed lag behind.
     assert max(result["queue"]["lags"]) <= 20
+    # Each actor's unrolls arrive with non-decreasing policy versions (it pulls the newest).
+    for actor, versions in result["policy_versions_by_actor"].items():
+        assert versions == sorted(versions) and versions[-1] > 0, (actor, versions)
     assert result["checkpoint"].endswith("ckpt_00000008")
     resumed = driver.train(tiny_config(tmp_path, runtime="ray", max_updates=10, resume=True))
     assert resumed["counters"]["updates"] == 10
