@@ -149,7 +149,7 @@ def disc_update_count(credit: jax.Array, rate: float, ready: jax.Array):
 
 class FusedParts(NamedTuple):
     """The pieces of the fused step, exposed so tests can check each against the other runtime."""
-    agent: Agent
+    agent: Agent            # the learner's (config.policy.transposed_conv); sampling uses "direct"
     rollout: Any            # (params, version, disc_weights, targets_data, key, batch) -> Rollout
     policy_update: Any      # spiral.learner.make_update_step(agent, config.policy)
     disc_update: Any        # spiral.discriminator.make_update_step(config.discriminator) or None
@@ -168,6 +168,9 @@ def make_parts(config) -> FusedParts:
     """The fused step's pieces for one ``ExperimentConfig`` (pure functions, jit them as needed)."""
     env, policy_config, disc_config = config.env, config.policy, config.discriminator
     agent = Agent(config.agent, policy_config.compute_dtype, policy_config.transposed_conv)
+    # Sampling uses the direct transposed convolutions, as the CPU actors do: the same function
+    # and parameters as the learner's form, and the faster one at acting batch sizes.
+    sampler = Agent(config.agent, policy_config.compute_dtype, "direct")
     num_steps = env.episode_length - 1
     mode = reward_mode(config)
     policy_update = make_update_step(agent, policy_config)
@@ -184,7 +187,7 @@ def make_parts(config) -> FusedParts:
         episode_targets = None
         if env.conditional:   # the episode's target as uint8 levels (exactly what the env shows)
             episode_targets = env_state.dataset[env_state.target_index]
-        noise = agent.sample_noise(noise_key, batch_size)
+        noise = sampler.sample_noise(noise_key, batch_size)
 
         def levels(state):
             return jax_engine.observe(state.canvas, ow)[1]   # uint8; XLA shares it with timestep
@@ -194,14 +197,14 @@ def make_parts(config) -> FusedParts:
 
         def act(carry, step_key):
             env_state, agent_state, canvas, mask, is_first = carry
-            out, agent_state = agent.sample_step(params, observation(canvas, mask), is_first,
-                                                 agent_state, noise, step_key)
+            out, agent_state = sampler.sample_step(params, observation(canvas, mask), is_first,
+                                                   agent_state, noise, step_key)
             env_state, ts = jax_engine.step(env_state, out.action)
             canvas, mask = levels(env_state), ts.observation["action_mask"]
             carry = (env_state, agent_state, canvas, mask, jnp.zeros_like(is_first))
             return carry, (canvas, mask, out.action, out.logits, ts.discount)
 
-        carry = (env_state, agent.initial_state(batch_size), levels(env_state),
+        carry = (env_state, sampler.initial_state(batch_size), levels(env_state),
                  first.observation["action_mask"], jnp.ones((batch_size,), bool))
         _, (canvases, masks, actions, logits, discounts) = jax.lax.scan(
             act, carry, jax.random.split(act_key, num_steps))
@@ -418,7 +421,8 @@ def _num_devices(config) -> int:
 
 def train(config, num_devices: Optional[int] = None) -> dict:
     """Run one experiment with the fused runtime to its budget; returns what ``driver.train`` does:
-    {"counters", "policy_metrics", "disc_metrics", "checkpoint"}."""
+    {"counters", "policy_metrics", "disc_metrics", "progress" (the last progress values),
+    "checkpoint"}."""
     rt = config.runtime
     num_devices = _num_devices(config) if num_devices is None else num_devices
     counters = driver.Counters()
@@ -486,6 +490,7 @@ def train(config, num_devices: Optional[int] = None) -> dict:
         log_checkpoint_metrics(config, policy.params, dataclasses.asdict(counters), monitor)
         return path
 
+    final_values = {}
     pending = None   # the previous step's metrics (device arrays): fetched after the next dispatch
     try:
         while budget_left(counters.updates + (pending is not None)):
@@ -505,15 +510,15 @@ def train(config, num_devices: Optional[int] = None) -> dict:
         if pending is not None:
             record(pending)
         counters.elapsed_s = elapsed_before + time.monotonic() - start
-        monitor.progress(counters.updates, _progress_values(counters, rates, returns, last),
-                         force=True)
+        final_values = _progress_values(counters, rates, returns, last)
+        monitor.progress(counters.updates, final_values, force=True)
         path = checkpoint()
         if path:
             print(f"checkpoint: {path}", flush=True)
     finally:
         monitor.close()
     return {"counters": dataclasses.asdict(counters), "policy_metrics": last["policy"],
-            "disc_metrics": last["disc"],
+            "disc_metrics": last["disc"], "progress": final_values,
             "checkpoint": checkpointing.latest_checkpoint(rt.checkpoint_dir) if rt.checkpoint_dir else None}
 
 
