@@ -49,6 +49,32 @@ def stroke_penalties(flags: np.ndarray, new_stroke_penalty: float, blank_penalty
     return out.astype(np.float32)
 
 
+class CanvasRewards:
+    """Scores episodes from their recorded canvases: the reward part that needs the critic.
+
+    ``rewards(weights, trajectory)`` -> float32 [B, T] for a batch-first trajectory record: the
+    discriminator's final-step score (SPIRAL), per-step differences (TCA) or the L2 baseline,
+    computed on ``device`` (the actor's CPU, or the learner's accelerator with rewards_on=learner).
+    The stroke penalties are not included (``stroke_penalties``).
+    """
+
+    def __init__(self, config, device=None):
+        self.mode = reward_mode(config)
+        self._scores = (None if self.mode == "l2"
+                        else make_episode_reward_fn(config.discriminator, self.mode, device))
+
+    def __call__(self, weights, trajectory: Trajectory) -> np.ndarray:
+        canvas = trajectory.observation.canvas            # [B, T+1, W, W, C] uint8
+        targets = trajectory.observation.target
+        targets = None if targets is None else targets[:, 0]
+        num_steps = canvas.shape[1] - 1
+        if self.mode == "l2":  # any observation width (the critic's scorer wants 64)
+            rewards = final_rewards(-l2_distance(canvas[:, -1], targets), num_steps)
+        else:
+            rewards = self._scores(weights, np.swapaxes(canvas, 0, 1), targets)
+        return np.asarray(rewards, np.float32).T
+
+
 @dataclasses.dataclass
 class UnrollResult:
     trajectory: Trajectory            # [K, ...] record for the learner
@@ -94,9 +120,9 @@ class EpisodeRunner:
         self._sample = jax.jit(self.agent.sample_step)
         self._noise = jax.jit(self.agent.sample_noise, static_argnums=1)
         self._rng = jax.random.PRNGKey(int(seeds[k]))
-        self._mode = reward_mode(config)
-        self._rewards = (None if self._mode == "l2"
-                         else make_episode_reward_fn(config.discriminator, self._mode))
+        # With rewards_on="learner" the actor records only the stroke penalties; the learner adds
+        # the critic's (or L2) rewards from the canvases before its update.
+        self._rewards = CanvasRewards(config) if config.runtime.rewards_on == "actors" else None
         self._keys = config.agent.action_keys
 
     def unroll(self, policy_params: Any, policy_version: int,
@@ -143,15 +169,13 @@ class EpisodeRunner:
         traj.noise[:] = np.asarray(noise)[:, None, :]
         traj.policy_version[:] = policy_version
         episode_targets = None if targets is None else targets[:, 0]
-        if self._mode == "l2":  # any observation width (the discriminator's scorer wants 64)
-            rewards = np.asarray(final_rewards(-l2_distance(canvas[:, t_len], episode_targets), t_len))
-        else:
-            rewards = self._rewards(disc_weights, np.swapaxes(canvas, 0, 1), episode_targets)
-        rewards = rewards + stroke_penalties(traj.action["flag"].T, self.config.new_stroke_penalty,
-                                             self.config.blank_penalty)
-        traj.reward[:] = rewards.T
+        traj.reward[:] = stroke_penalties(traj.action["flag"].T, self.config.new_stroke_penalty,
+                                          self.config.blank_penalty).T
+        if self._rewards is not None:
+            traj.reward[:] += self._rewards(disc_weights, traj)
         reward_seconds = time.perf_counter() - start - act_seconds
-        returns = traj.reward.sum(axis=1)
+        # Without the critic's part (rewards on the learner) the actor does not know the return.
+        returns = traj.reward.sum(axis=1) if self._rewards is not None else np.full(k, np.nan)
         metadata = {
             "policy_version": int(policy_version),
             "disc_version": int(disc_version),

@@ -402,6 +402,8 @@ class _Driver:
         }
         values.update(queue.lag_summary())
         policy, disc = last["policy"], last["disc"]
+        if not np.isfinite(values["mean_episode_return"]) and "mean_reward_per_unroll" in policy:
+            values["mean_episode_return"] = policy["mean_reward_per_unroll"]  # rewards_on=learner
         for key in ("total_loss", "pg_loss", "baseline_loss", "entropy", "grad_norm",
                     "mean_rho", "clipped_rho_fraction", "value_mse", "skipped_updates",
                     "learner_update_seconds"):

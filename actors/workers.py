@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spiral.actors import backend as backend_lib
-from spiral.actors.acting import EpisodeRunner
+from spiral.actors.acting import CanvasRewards, EpisodeRunner
 from spiral.discriminator import DiscriminatorLearner, Replay
 from spiral.discriminator import learning as disc_learning
 from spiral.learner import PolicyLearner, Trajectory
@@ -67,13 +67,37 @@ def _was_restarted() -> bool:
         return False
 
 
+class ParameterCache:
+    """The newest published version of each parameter set, fetched once per version and kept on
+    this process's default device."""
+
+    def __init__(self, backend, parameter_server):
+        self._backend = backend
+        self._server = parameter_server
+        self._current = {POLICY: (-1, None), DISCRIMINATOR: (-1, None)}
+
+    def get(self, name: str, timeout_s: float = 600.0):
+        """(version, parameters): pulls a newer version if there is one; waits for the first."""
+        start = time.monotonic()
+        while True:
+            latest = self._backend.get(self._server.latest.remote(name, self._current[name][0]))
+            if latest is not None:
+                version, wrapped = latest
+                self._current[name] = (version, jax.device_put(self._backend.get(wrapped[0])))
+            if self._current[name][1] is not None:
+                return self._current[name]
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError(f"no {name} parameters were published within {timeout_s:.0f} s.")
+            time.sleep(0.05)
+
+
 class ActorWorker:
     """Paints ``envs_per_actor`` episodes per ``unroll`` call with the newest published policy."""
 
     def __init__(self, config, actor_index: int, parameter_server, discriminator_worker,
                  wrapped_targets: Optional[list], backend_name: str):
         self._backend = make_backend(backend_name)
-        self._params = parameter_server
+        self._params = ParameterCache(self._backend, parameter_server)
         self._disc = discriminator_worker
         self.restarted = _was_restarted()
         self.incarnation = os.urandom(4).hex()  # tells the driver when an actor was restarted
@@ -81,33 +105,15 @@ class ActorWorker:
         seed_offset = int.from_bytes(os.urandom(2), "little") + 1 if self.restarted else 0
         targets = None if wrapped_targets is None else self._backend.get(wrapped_targets[0])
         self.runner = EpisodeRunner(config, actor_index, targets, seed_offset)
-        self._uses_disc = config.uses_discriminator
-        self._current = {POLICY: (-1, None), DISCRIMINATOR: (-1, None)}
+        # Rewards from the critic are computed here unless the learner computes them.
+        self._needs_disc = config.uses_discriminator and config.runtime.rewards_on == "actors"
         self._last_end: Optional[float] = None
-
-    def _refresh(self, name: str, timeout_s: float = 600.0):
-        """Pull the newest version of ``name`` if it is newer than ours (waits for the first)."""
-        start = time.monotonic()
-        while True:
-            have = self._current[name][0]
-            latest = self._backend.get(self._params.latest.remote(name, have))
-            if latest is not None:
-                version, wrapped = latest
-                self._current[name] = (version, jax.device_put(self._backend.get(wrapped[0])))
-            if self._current[name][1] is not None:
-                return
-            if time.monotonic() - start > timeout_s:
-                raise TimeoutError(f"no {name} parameters were published within {timeout_s:.0f} s.")
-            time.sleep(0.05)
 
     def unroll(self):
         start = time.perf_counter()
         idle = 0.0 if self._last_end is None else start - self._last_end
-        self._refresh(POLICY)
-        if self._uses_disc:
-            self._refresh(DISCRIMINATOR)
-        policy_version, params = self._current[POLICY]
-        disc_version, weights = self._current[DISCRIMINATOR]
+        policy_version, params = self._params.get(POLICY)
+        disc_version, weights = self._params.get(DISCRIMINATOR) if self._needs_disc else (-1, None)
         result = self.runner.unroll(params, policy_version, weights, disc_version)
         if self._disc is not None:  # fire and forget: the replay copies them
             self._disc.add_fakes.remote(result.final_canvases, result.targets)
@@ -125,6 +131,11 @@ class PolicyLearnerWorker:
         self._backend = make_backend(backend_name)
         self._params = parameter_server
         self.learner = PolicyLearner(config.agent, config.policy, seed=config.runtime.seed)
+        self._rewards = None
+        if config.runtime.rewards_on == "learner":
+            self._rewards = CanvasRewards(config, device=jax.devices()[0])
+            self._cache = ParameterCache(self._backend, parameter_server)
+            self._uses_disc = config.uses_discriminator
         self.publish()
 
     def publish(self) -> int:
@@ -136,12 +147,18 @@ class PolicyLearnerWorker:
         """One update on the unrolls given (each [K, ...]); returns metrics and timings."""
         start = time.perf_counter()
         batch = concat_trajectories(trajectories)
+        extra = {}
+        if self._rewards is not None:  # add the critic's rewards to the actors' stroke penalties
+            version, weights = self._cache.get(DISCRIMINATOR) if self._uses_disc else (-1, None)
+            batch = batch._replace(reward=batch.reward + self._rewards(weights, batch))
+            extra["reward_disc_version"] = float(version)
         ready = time.perf_counter()
         metrics = self.learner.update(batch)
         done = time.perf_counter()
         self.publish()
-        metrics.update(learner_prepare_seconds=ready - start, learner_update_seconds=done - ready,
-                       version=float(self.learner.step), batch_episodes=float(batch.reward.shape[0]))
+        metrics.update(extra, learner_prepare_seconds=ready - start,
+                       learner_update_seconds=done - ready, version=float(self.learner.step),
+                       batch_episodes=float(batch.reward.shape[0]))
         return metrics
 
     def get_state(self):

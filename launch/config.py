@@ -40,6 +40,11 @@ class RuntimeConfig:
         one per actor).
       max_policy_lag: unrolls acted by a policy more versions behind the learner are dropped.
       disc_updates_per_policy_update: discriminator updates per policy update (may be fractional).
+      rewards_on: "actors" (SPIRAL: each actor scores its own canvases on its CPU) or "learner"
+        (the policy learner scores the batch's canvases on its device, with the newest
+        discriminator, just before the update). Per-step TCA rewards score every canvas of an
+        episode: with the paper's critic that is ~5 ms per canvas on one CPU core, about 70% of an
+        actor's time (benchmarks/RESULTS.md, discriminator_throughput), and cheap on a GPU.
       max_updates: stop after this many policy updates (0: no limit).
       max_minutes: stop after this much training time (0: no limit).
       num_gpus: GPUs for the two learners: 0 (CPU), a fraction or 1 (shared), 2 (one each).
@@ -61,6 +66,7 @@ class RuntimeConfig:
     queue_capacity: int = 0
     max_policy_lag: int = 20
     disc_updates_per_policy_update: float = 1.0
+    rewards_on: str = "actors"
     max_updates: int = 0
     max_minutes: float = 0.0
     num_gpus: float = 0.0
@@ -87,6 +93,8 @@ class RuntimeConfig:
             raise ValueError(f"--queue_capacity ({self.queue_capacity}) must be at least the number of "
                              f"actors ({self.num_actors}) and the unrolls in one batch "
                              f"({self.unrolls_per_batch}); or 0 for the default.")
+        if self.rewards_on not in ("actors", "learner"):
+            raise ValueError(f"--rewards_on must be 'actors' or 'learner', got {self.rewards_on!r}.")
         if self.disc_updates_per_policy_update < 0:
             raise ValueError(f"--disc_updates_per_policy_update must be >= 0, got "
                              f"{self.disc_updates_per_policy_update}.")

@@ -124,6 +124,10 @@ def _define(p: dict, fv: flags.FlagValues) -> None:
         flag_values=fv)
     flags.DEFINE_integer("replay_batches", 20, "The replay holds the final canvases of this many D batches.",
         flag_values=fv)
+    flags.DEFINE_enum("rewards_on", "actors", ["actors", "learner"],
+                      "Who scores the canvases: the actors on CPU (SPIRAL) or the policy learner on "
+                      "its device (cheaper for --temporal_credit_assignment with a GPU learner).",
+                      flag_values=fv)
     flags.DEFINE_float("disc_updates_per_policy_update", 1.0, "Discriminator updates per policy update.",
         flag_values=fv)
     # Runtime.
@@ -209,6 +213,7 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
         envs_per_actor=values["envs_per_actor"], batch_size=values["batch_size"],
         queue_capacity=values["queue_capacity"], max_policy_lag=values["max_policy_lag"],
         disc_updates_per_policy_update=values["disc_updates_per_policy_update"],
+        rewards_on=values["rewards_on"],
         max_updates=values["max_updates"], max_minutes=values["max_minutes"],
         num_gpus=values["num_gpus"], seed=values["seed"],
         logdir=values["logdir"] or os.path.join(run_dir, "tb"),

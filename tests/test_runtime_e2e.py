@@ -52,6 +52,35 @@ def test_reward_sits_on_the_last_step_and_equals_the_critic_score(data_dir, tmp_
     assert (traj.policy_version == 7).all()
 
 
+def test_rewards_on_the_learner_equal_rewards_on_the_actors(data_dir, tmp_path):
+    """--rewards_on=learner: actors record only the stroke penalties; the learner adds the
+    critic's rewards from the canvases, giving the rewards the actors would have computed."""
+    from spiral.actors import backend as backend_lib
+    from spiral.actors.acting import CanvasRewards
+    from spiral.actors.parameter_server import ParameterServer
+    from spiral.actors.workers import DISCRIMINATOR, PolicyLearnerWorker
+    on_actors = tiny_config(tmp_path, new_stroke_penalty=-0.25, temporal_credit_assignment=True)
+    on_learner = tiny_config(tmp_path, new_stroke_penalty=-0.25, temporal_credit_assignment=True,
+                             rewards_on="learner")
+    params = Agent(on_actors.agent).init(jax.random.PRNGKey(1))
+    version, weights = DiscriminatorLearner(on_actors.discriminator, seed=3).publish()
+    full = EpisodeRunner(on_actors, 0).unroll(params, 0, weights, version).trajectory
+    partial = EpisodeRunner(on_learner, 0).unroll(params, 0, None, -1).trajectory
+    np.testing.assert_array_equal(partial.observation.canvas, full.observation.canvas)
+    assert np.abs(full.reward - partial.reward).max() > 1e-3  # the critic's part was left out
+    added = CanvasRewards(on_learner)(weights, partial)
+    np.testing.assert_allclose(partial.reward + added, full.reward, rtol=1e-5, atol=1e-6)
+
+    be = backend_lib.LocalBackend()
+    server = be.create(ParameterServer)
+    be.get(server.publish.remote(DISCRIMINATOR, version, [be.put(weights)]))
+    worker = PolicyLearnerWorker(on_learner, server, "local")
+    metrics = worker.update(partial)
+    assert metrics["reward_disc_version"] == version
+    np.testing.assert_allclose(metrics["mean_reward_per_unroll"], full.reward.sum(axis=1).mean(),
+                               rtol=1e-5)
+
+
 def test_local_runtime_is_deterministic_and_resumes(data_dir, tmp_path):
     first = driver.train(tiny_config(tmp_path / "a"))
     second = driver.train(tiny_config(tmp_path / "b"))
