@@ -113,8 +113,10 @@ def frechet_distance(mean1, cov1, mean2, cov2) -> float:
     trace_root = float(np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None))))
     difference = mean1 - mean2
     value = float(difference @ difference + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_root)
-    # Identical inputs give 0 up to rounding; report that as 0, not as a tiny negative number.
-    rounding = 1e-9 * (1.0 + np.trace(cov1) + np.trace(cov2))
+    # d² >= 0. Identical inputs give 0 up to rounding, which the square roots of (near-)zero
+    # eigenvalues amplify to ~1e-9 of the traces: report that as 0. Anything more negative is
+    # returned as it is, so that a real error shows.
+    rounding = 1e-6 * (1.0 + np.trace(cov1) + np.trace(cov2))
     return 0.0 if -rounding < value < 0.0 else value
 
 

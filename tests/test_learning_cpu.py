@@ -1,0 +1,49 @@
+"""The agent learns: CPU-sized conditional MNIST reconstruction with the L2 reward.
+
+A reduced configuration (32×32 observation, 16×16 grid, 5 strokes, the tiny network, batch 16,
+learning rate 1e-3) trained for a fixed number of policy updates in the deterministic local
+runtime. The held-out L2 (the evaluation's own measure, 64 fixed test digits) must fall clearly
+below both the uniform random policy's and the untrained agent's. Nothing here is tuned to the
+answer: a learner that does not learn (a broken gradient, a reward with the wrong sign, a
+learning rate of 0) leaves the L2 near the untrained agent's and fails.
+"""
+
+import os
+
+import jax
+import pytest
+
+from conftest import skip_unless
+from spiral.actors import driver
+from spiral.evaluation import checkpoint_metrics, read_eval_log
+from spiral.launch import flags as launch_flags
+from spiral.learner import Agent
+
+UPDATES = 150
+
+
+def reduced_config(run_dir, **overrides):
+    values = dict(conditional=True, reward="l2", observation_width=32, grid_width=16,
+                  episode_length=6, network="tiny", disc_network="tiny", runtime="local",
+                  num_actors=1, envs_per_actor=16, batch_size=16, max_updates=UPDATES,
+                  learning_rate=1e-3, run_dir=str(run_dir), checkpoint_every_minutes=60.0,
+                  log_every_seconds=30.0, seed=0)
+    values.update(overrides)
+    return launch_flags.config_from_values(launch_flags.default_values("mnist", **values))
+
+
+def test_l2_reward_lowers_the_heldout_l2_below_the_random_policy(tmp_path):
+    data = os.environ.get("SPIRAL_DATA_DIR")
+    skip_unless(bool(data) and os.path.isdir(data), "no dataset folder: set SPIRAL_DATA_DIR")
+    config = reduced_config(tmp_path)
+    result = driver.train(config)
+    assert result["counters"]["updates"] == UPDATES
+    (record,) = read_eval_log(config.runtime.checkpoint_dir)   # the final checkpoint's evaluation
+    trained = record["metrics"]
+    untrained = checkpoint_metrics(config, Agent(config.agent).init(jax.random.PRNGKey(0)),
+                                   seed=config.runtime.seed)
+    print(f"held-out L2 after {UPDATES} updates: {trained['l2']:.1f}; untrained {untrained['l2']:.1f}, "
+          f"random policy {trained['random_l2']:.1f}, blank canvas {trained['blank_l2']:.1f}")
+    assert trained["random_l2"] == pytest.approx(untrained["random_l2"])
+    assert trained["l2"] < 0.6 * trained["random_l2"]
+    assert trained["l2"] < 0.6 * untrained["l2"]
