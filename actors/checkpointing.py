@@ -5,6 +5,7 @@ Layout under ``checkpoint_dir``::
     ckpt_00001200/           one save, named by the number of policy updates
       policy/                the PolicyLearner's state (orbax): params, optimiser, step, RNG, ...
       discriminator/         the DiscriminatorLearner's state (orbax), when the run has one
+      replay/                the discriminator's replay of final canvases (``Replay.get_state``)
       run.json               the ExperimentConfig and the runtime's counters; written last
 
 The driver writes everything itself from states it fetched from the learners, so a checkpoint is
@@ -54,7 +55,8 @@ def restore_tree(path: str, template: Any = None) -> Any:
 
 
 def save_checkpoint(checkpoint_dir: str, step: int, config_dict: dict, counters: dict,
-                    policy_state: Any, discriminator_state: Any = None, keep: int = 3) -> str:
+                    policy_state: Any, discriminator_state: Any = None, replay_state: Any = None,
+                    keep: int = 3) -> str:
     """Write one checkpoint for ``step`` policy updates; returns its path."""
     os.makedirs(checkpoint_dir, exist_ok=True)
     final = os.path.abspath(os.path.join(checkpoint_dir, f"ckpt_{int(step):08d}"))
@@ -64,6 +66,8 @@ def save_checkpoint(checkpoint_dir: str, step: int, config_dict: dict, counters:
     _save_tree(os.path.join(tmp, "policy"), policy_state)
     if discriminator_state is not None:
         _save_tree(os.path.join(tmp, "discriminator"), discriminator_state)
+    if replay_state is not None:
+        _save_tree(os.path.join(tmp, "replay"), replay_state)
     with open(os.path.join(tmp, RUN_FILE), "w") as f:
         json.dump({"config": config_dict, "counters": _plain(counters)}, f, indent=2, sort_keys=True)
     shutil.rmtree(final, ignore_errors=True)  # a save of the same step (e.g. after a resume)

@@ -229,6 +229,15 @@ class _Driver:
             template = be.get(self.disc.get_state.remote())
             state = checkpointing.restore_tree(os.path.join(path, "discriminator"), template)
             be.get(self.disc.set_state.remote(state))
+            replay_path = os.path.join(path, "replay")
+            if os.path.isdir(replay_path):  # the critic resumes on the fakes it had, not none
+                template = be.get(self.disc.get_replay_state.remote())
+                try:
+                    be.get(self.disc.set_replay_state.remote(
+                        checkpointing.restore_tree(replay_path, template)))
+                except ValueError as e:
+                    print(f"--resume: the saved replay does not fit this run's ({e}); the "
+                          f"discriminator starts from an empty replay.", flush=True)
         print(f"Resumed from {path} at {self.counters.updates} policy updates.", flush=True)
 
     def _checkpoint(self, monitor=None) -> Optional[str]:
@@ -237,10 +246,13 @@ class _Driver:
             return None
         be = self.backend
         policy_state = be.get(self.learner.get_state.remote())
-        disc_state = None if self.disc is None else be.get(self.disc.get_state.remote())
+        disc_state = replay_state = None
+        if self.disc is not None:
+            disc_state, replay_state = be.get([self.disc.get_state.remote(),
+                                               self.disc.get_replay_state.remote()])
         path = checkpointing.save_checkpoint(rt.checkpoint_dir, self.counters.updates,
                                              self.config.to_dict(), dataclasses.asdict(self.counters),
-                                             policy_state, disc_state)
+                                             policy_state, disc_state, replay_state)
         # Evaluation at each checkpoint (spiral.evaluation): held-out metrics to
         # <checkpoint_dir>/eval_log.jsonl and TensorBoard eval/*; reports its own failures.
         from spiral.evaluation import log_checkpoint_metrics  # pylint: disable=import-outside-toplevel

@@ -208,6 +208,13 @@ class DiscriminatorWorker:
     def get_state(self) -> Any:
         return jax.device_get(disc_learning.state_to_tree(self.learner.state))
 
+    def get_replay_state(self) -> dict:
+        return self.replay.get_state()
+
+    def set_replay_state(self, state: dict) -> int:
+        self.replay.set_state(state)
+        return len(self.replay)
+
     def set_state(self, tree) -> int:
         self.learner.set_state(disc_learning.state_from_tree(tree, self.learner.state))
         return self.publish()

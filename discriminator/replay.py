@@ -78,6 +78,33 @@ class Replay:
             self._size = min(self._size + keep, self.capacity)
             self._added += count
 
+    def get_state(self) -> dict:
+        """The buffer's content as arrays (a copy), for checkpoints: canvases (and targets) in
+        slot order, the fill level, the next slot and the count of canvases ever added."""
+        with self._lock:
+            state = {"canvases": self._canvases.copy(), "size": np.int64(self._size),
+                     "next": np.int64(self._next), "added": np.int64(self._added)}
+            if self.conditional:
+                state["targets"] = self._targets.copy()
+        return state
+
+    def set_state(self, state: dict) -> None:
+        """Restore ``get_state()``'s content; the capacity and image layout must be the same."""
+        canvases = np.asarray(state["canvases"])
+        if canvases.shape != self._canvases.shape or canvases.dtype != np.uint8:
+            raise ValueError(f"saved replay holds {canvases.shape} {canvases.dtype}, this replay "
+                             f"{self._canvases.shape} uint8 (different capacity or channels?).")
+        if self.conditional != ("targets" in state):
+            raise ValueError("saved replay and this one differ in conditional (targets).")
+        size, nxt = int(state["size"]), int(state["next"])
+        if not (0 <= size <= self.capacity and 0 <= nxt < self.capacity):
+            raise ValueError(f"saved replay has an impossible fill level {size} / next slot {nxt}.")
+        with self._lock:
+            self._canvases[:] = canvases
+            if self.conditional:
+                self._targets[:] = np.asarray(state["targets"])
+            self._size, self._next, self._added = size, nxt, int(state["added"])
+
     def sample(self, batch_size: int, rng: Optional[np.random.Generator] = None):
         """(canvases, targets or None), uint8 [batch_size, 64, 64, C], drawn uniformly with replacement.
 

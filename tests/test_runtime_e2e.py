@@ -94,9 +94,15 @@ def test_local_runtime_is_deterministic_and_resumes(data_dir, tmp_path):
     resumed = driver.train(tiny_config(tmp_path / "a", max_updates=9, resume=True))
     assert resumed["counters"]["updates"] == 9
     assert resumed["counters"]["episodes"] == 9 * 8
-    names = [os.path.basename(p) for p in
-             checkpointing.list_checkpoints(str(tmp_path / "a" / "run" / "checkpoints"))]
-    assert names == ["ckpt_00000006", "ckpt_00000009"]
+    paths = checkpointing.list_checkpoints(str(tmp_path / "a" / "run" / "checkpoints"))
+    assert [os.path.basename(p) for p in paths] == ["ckpt_00000006", "ckpt_00000009"]
+    # The discriminator's replay was checkpointed and restored: its count of canvases ever
+    # added continues past the first run's (>= 6 updates × 8; actors run up to the queue's bound
+    # ahead), where a fresh replay would restart from 0.
+    replays = [checkpointing.restore_tree(os.path.join(p, "replay")) for p in paths]
+    added = [int(r["added"]) for r in replays]
+    assert added[0] >= 48 and added[1] >= added[0] + 3 * 8
+    assert int(replays[1]["size"]) == 32  # capacity: replay_batches 4 × disc batch 8
 
 
 def test_resume_refuses_a_different_network(data_dir, tmp_path):
