@@ -41,6 +41,8 @@ setup(
     python_requires=">=3.10",
     packages=["spiral." + p for p in PACKAGES],
     package_dir={"spiral." + p: p for p in PACKAGES},
+    # Small trained weights the evaluation ships with (MNIST classifier; never anything from CelebA).
+    package_data={"spiral.evaluation": ["weights/*.npz"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )
