@@ -8,9 +8,10 @@ JSON/SVG and for re-rendering at any resolution).
 
 Unlike ``spiral.actors.acting.EpisodeRunner`` (whose K environments each draw a random training
 target and whose rewards need the discriminator), evaluation paints a *fixed* list of targets,
-episode i painting ``targets[i]`` (``PaintEnv.set_next_target``), and computes no reward. Each
-episode gets its own environment seeded from (seed, i), so its canvases do not depend on the
-batch size, and replaying its program with that seed (``render_program``) reproduces it exactly.
+episode i painting ``targets[i]``, and computes no reward. Each episode gets its own
+environment, seeded from (seed, i) and holding only its own target, so its canvases do not
+depend on the batch size, and replaying its program with that seed (``render_program``)
+reproduces it exactly.
 
 Policies: ``AgentPolicy`` (the agent's sampling mode, jitted once per network shape and batch
 size) and ``UniformPolicy`` (every sub-action uniform at random: the "random policy" that the

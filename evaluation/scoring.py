@@ -69,9 +69,10 @@ def heldout_images(dataset: str, width: int, count: int, data_dir: Optional[str]
         if dataset != "celeba" or "empty" not in str(error):
             raise
         data = datasets.load_dataset(dataset, "train", data_dir)
+        total = len(data.images)
         data = datasets.Dataset(data.name, "train", data.images[-count:], None, data.source)
-        note = (f"celeba has no test images here: the last {count} of its {len(data.images)}+ train "
-                f"images (held out only if the run's dataset_limit excluded them)")
+        note = (f"celeba has no test images here: the last {count} of its {total} train images "
+                f"(held out only if the run's dataset_limit stopped before image {total - count + 1})")
         print(f"evaluation: {note}.", flush=True)
     if len(data.images) < count:
         raise ValueError(f"the held-out set needs {count} {dataset} images, the split has {len(data.images)}.")

@@ -77,6 +77,8 @@ def test_every_checkpoint_is_evaluated_into_the_log_and_tensorboard(trained):
     tags = read_tensorboard(config.runtime.logdir)
     assert [s for s, _ in tags["eval/l2"]] == updates
     assert tags["eval/final_canvases"][0][1] == "image" and "eval/strokes" in tags
+    # The driver's own samples of training episodes (each canvas beside its target).
+    assert tags["samples/final_canvas"][0][1] == "image"
 
 
 def test_checkpoint_metrics_are_reproducible_from_the_checkpoint(trained):
@@ -157,3 +159,16 @@ def test_evaluate_command_line(trained, tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"), f"--checkpoint={tmp_path}"],
                          capture_output=True, text=True, timeout=300, cwd=str(REPO))
     assert bad.returncode != 0 and "No checkpoint" in bad.stderr
+
+
+def test_celeba_without_test_images_uses_the_last_training_images(data_dir):
+    """The shared CelebA subset holds training-partition images only: the held-out set falls back
+    to the last training images, and says so."""
+    from spiral.envs import datasets
+    from spiral.evaluation.scoring import area_downsample
+    images, note = heldout_images("celeba", 32, 8, str(data_dir))
+    assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
+    assert "no test images" in note and "last 8" in note
+    first = datasets.load_dataset("celeba", "train", data_dir, limit=8).images
+    assert not np.array_equal(images, area_downsample(np.rint(first * 255).astype(np.uint8), 32))
+    assert images.std() > 20  # faces, not a blank
