@@ -59,6 +59,25 @@ def test_metrics_are_sane_on_known_cases(mnist_test):
     assert classifier.accuracy(extractor, small, mnist_test[1][:1000]) > 0.97
 
 
+def test_committed_omniglot_extractor_tells_characters_from_blanks():
+    """The Omniglot extractor (trained on the background alphabets) on the evaluation set's unseen
+    alphabets: real characters are near other real characters and far from blank canvases."""
+    data_dir = os.environ.get("SPIRAL_DATA_DIR")
+    skip_unless(bool(data_dir) and os.path.isdir(data_dir), "no dataset folder: set SPIRAL_DATA_DIR")
+    extractor = classifier.load_extractor("omniglot")
+    assert extractor.meta["dataset"] == "omniglot" and extractor.num_classes == 964
+    assert extractor.meta["accuracy"] > 0.6  # 964-way, on the two held-out drawers
+    assert classifier.weights_path("omniglot").stat().st_size < 1_000_000
+    test = levels(datasets.load_dataset("omniglot", "test", data_dir, limit=4000).images)
+    rng = np.random.default_rng(0)
+    picked = test[rng.permutation(len(test))[:600]]   # many alphabets, not one
+    real, other = picked[:300], picked[300:]
+    f_real = extractor.features(real)
+    real_real = metrics.frechet_distance_features(f_real, extractor.features(other))
+    blank_real = metrics.frechet_distance_features(extractor.features(np.full_like(real, 255)), f_real)
+    assert blank_real > 10 * real_real, (blank_real, real_real)
+
+
 def bars(n, rng):
     """Synthetic two-class task: a dark horizontal (0) or vertical (1) bar at a random place."""
     images = np.full((n, 64, 64, 1), 255, np.uint8)
