@@ -13,15 +13,19 @@ batched on the accelerator (``spiral.envs.jax_engine``), so one compiled program
 3. applies ``spiral.learner.make_update_step`` — the very update the policy learner worker runs;
 4. adds the final canvases to an on-device ring buffer (the ``Replay`` of the last
    ``replay_batches × batch_size`` canvases, uint8) and runs the discriminator's own
-   ``make_update_step`` ``disc_updates_per_policy_update`` times on uniform replay samples and
-   uniform real images (uint8 levels held on the device);
+   ``make_update_step`` n times on uniform replay samples and uniform real images (uint8 levels
+   held on the device). n is a compile-time count the shell picks per step with the driver's
+   rule (``disc_updates_due``: fractional rates accumulate credit; no update until the replay
+   holds one batch), so the program has no data-dependent control flow;
 5. returns the new ``FusedState`` and scalar metrics.
 
 Nothing leaves the device between steps but the metrics. ``train(config)`` is the thin shell
 around it (``driver.train`` dispatches ``--runtime=fused`` here): it loads the data, builds or
 restores the state, loops the step, prints the driver's progress line and TensorBoard scalars
-(``Monitor``), and writes the driver's checkpoints (``checkpointing.save_checkpoint`` with
-``driver.Counters`` and the config), so either runtime can evaluate or resume the other's run.
+(``Monitor``), and writes the driver's checkpoints (``checkpointing.save_checkpoint``: policy,
+discriminator and replay trees, ``driver.Counters`` and the config) and runs the evaluation hook
+(``spiral.evaluation.log_checkpoint_metrics``), so either runtime can evaluate or resume the
+other's run.
 
 Differences from the distributed runtime, all deliberate:
 * Policy lag is 0: every batch is acted by the parameters it updates (the distributed runtime
@@ -30,7 +34,8 @@ Differences from the distributed runtime, all deliberate:
   are drawn from the step's key (``jax_engine.reset(key, ...)``), as the CPU actors play whole
   episodes per unroll. The step key is ``fold_in(run key, update index)``, so a resumed run does
   not replay the episodes it already played.
-* The replay is not checkpointed (neither is the distributed runtime's): it refills after a resume.
+* Discriminator updates run after the policy update of the same step, on a replay that already
+  holds this step's canvases (the distributed runtime runs them concurrently, a little behind).
 * ``runtime.num_actors`` and ``envs_per_actor`` do not apply; ``batch_size`` is B.
 
 Multi-device data parallelism (``num_devices > 1``): the rollout and its rewards run under
@@ -91,7 +96,6 @@ class FusedState(NamedTuple):
     policy: LearnerState          # the PolicyLearner's state (checkpointed as ``policy/``)
     disc: Optional[Any]           # DiscriminatorState, None with the L2 reward
     replay: Optional[FusedReplay]
-    disc_credit: jax.Array        # float32 []: fractional discriminator updates owed (driver's credit)
     data: FusedData
 
 
@@ -132,17 +136,17 @@ def stroke_penalties(flags: jax.Array, new_stroke_penalty: float, blank_penalty:
     return out.at[-1].add(blank)
 
 
-def disc_update_count(credit: jax.Array, rate: float, ready: jax.Array):
-    """The driver's accounting of fractional discriminator updates, per policy update.
+def disc_updates_due(credit: float, rate: float, ready: bool) -> tuple[int, float]:
+    """The driver's accounting of (possibly fractional) discriminator updates per policy update.
 
-    ``credit += rate``; ``n = floor(credit)`` updates are owed and the credit drops by n. They are
-    done only when the replay holds one discriminator batch (``ready``): the discriminator
-    worker refuses to train on a few canvases repeated, and the owed updates are then dropped.
-    Returns (updates to run now, new credit).
+    ``credit += rate``; ``n = floor(credit)`` updates are owed and the credit drops by n. They
+    run only when the replay holds one discriminator batch (``ready``): the discriminator worker
+    refuses to train on a few canvases repeated, and the owed updates are then dropped.
+    Returns (updates to run in this step, new credit). Host-side, in float64 like the driver.
     """
-    credit = credit + jnp.float32(rate)
-    owed = jnp.floor(credit)
-    return jnp.where(ready, owed, 0.0).astype(jnp.int32), credit - owed
+    credit += rate
+    owed = int(credit)
+    return (owed if ready else 0), credit - owed
 
 
 # ----------------------------------------------------------------------------------- the step
@@ -154,7 +158,7 @@ class FusedParts(NamedTuple):
     policy_update: Any      # spiral.learner.make_update_step(agent, config.policy)
     disc_update: Any        # spiral.discriminator.make_update_step(config.discriminator) or None
     disc_batch: Any         # (replay, data, key) -> (fake, real, targets): one update's batch
-    disc_train: Any         # (disc_state, replay, data, credit, key) -> (disc, credit, n, metrics)
+    disc_train: Any         # (disc_state, replay, data, key, count) -> (disc_state, metrics)
     init_state: Any         # (data) -> FusedState
 
 
@@ -244,19 +248,17 @@ def make_parts(config) -> FusedParts:
             real = data.real[jax.random.randint(real_key, (bs,), 0, data.real.shape[0])]
         return fake, real, targets
 
-    def disc_train(disc_state, replay: FusedReplay, data: FusedData, credit, key):
-        """The owed discriminator updates; update i trains on ``disc_batch(..., fold_in(key, i))``."""
-        count, credit = disc_update_count(credit, config.runtime.disc_updates_per_policy_update,
-                                          replay.size >= disc_config.batch_size)
-        metrics_shape = jax.eval_shape(disc_update, disc_state, *disc_batch(replay, data, key))[1]
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
+    def disc_train(disc_state, replay: FusedReplay, data: FusedData, key, count: int):
+        """``count`` (static) discriminator updates, update i on ``disc_batch(.., fold_in(key, i))``.
 
-        def body(i, carry):
-            state, _ = carry
-            return disc_update(state, *disc_batch(replay, data, jax.random.fold_in(key, i)))
-
-        disc_state, metrics = jax.lax.fori_loop(0, count, body, (disc_state, zeros))
-        return disc_state, credit, count, metrics
+        A Python loop, not ``fori_loop``/``cond``: on XLA's CPU backend the critic's update ran
+        ~30x slower inside a while loop's body (full critic: 368 s vs 12 s; 8x inside a ``cond``).
+        """
+        metrics = {}
+        for i in range(count):
+            disc_state, metrics = disc_update(
+                disc_state, *disc_batch(replay, data, jax.random.fold_in(key, i)))
+        return disc_state, metrics
 
     def init_state(data: FusedData) -> FusedState:
         """The state a fresh run starts from: the distributed runtime's learners, seeded alike
@@ -268,7 +270,7 @@ def make_parts(config) -> FusedParts:
             disc = disc_learning.init_state(disc_config, seed_key)
             replay = replay_init(disc_config.replay_capacity, disc_config.image_channels,
                                  disc_config.conditional)
-        return FusedState(policy, disc, replay, jnp.zeros((), jnp.float32), data)
+        return FusedState(policy, disc, replay, data)
 
     return FusedParts(agent, rollout, policy_update, disc_update,
                       disc_batch if uses_disc else None, disc_train if uses_disc else None,
@@ -283,14 +285,18 @@ def _episode_rewards(config, mode, disc_weights, canvases, targets):
     return episode_rewards(disc_weights, canvases, targets, config=config.discriminator, mode=mode)
 
 
-def make_fused_step(config, num_devices: int = 1, *, return_trajectory: bool = False):
+def make_fused_step(config, num_devices: int = 1, *, disc_updates: Optional[int] = None,
+                    return_trajectory: bool = False):
     """``step(state, key) -> (state, metrics)``: one fused update, jitted.
 
-    ``metrics`` holds the policy update's scalars (``spiral.learner`` names), the last
-    discriminator update's as ``d_<name>`` (``d_updates``: how many ran this step), the mean
-    episode return, and ``sample_canvases`` (uint8 final canvases of up to 16 episodes, for
-    TensorBoard; fetch only when needed); ``return_trajectory`` adds the step's ``trajectory``
-    (for tests and debugging). ``num_devices > 1`` shards the rollout over the first
+    ``disc_updates``: discriminator updates in this step, a compile-time count (None: the
+    config's ``disc_updates_per_policy_update``, which must then be a whole number; ``train``
+    decides it per step with the driver's rule, ``disc_updates_due``, so fractional rates and a
+    replay still short of one batch compile at most a few variants). ``metrics`` holds the
+    policy update's scalars (``spiral.learner`` names), the last discriminator update's as
+    ``d_<name>``, the mean episode return, and ``sample_canvases`` (uint8 final canvases of up to
+    16 episodes, for TensorBoard; fetch only when needed); ``return_trajectory`` adds the step's
+    ``trajectory`` (tests, debugging). ``num_devices > 1`` shards the rollout over the first
     ``num_devices`` devices (see the module docstring); the state must then be replicated over
     ``fused_mesh(num_devices)`` (``place_state``). One compiled step is kept per configuration
     (only the fields it uses count), so runs and tests in one process compile it once.
@@ -299,19 +305,28 @@ def make_fused_step(config, num_devices: int = 1, *, return_trajectory: bool = F
     if num_devices < 1 or batch % num_devices:
         raise ValueError(f"--batch_size ({batch}) must be a multiple of the number of devices "
                          f"({num_devices}) for the fused runtime's data parallelism.")
-    return _make_fused_step(_step_config(config), num_devices, return_trajectory)
+    if disc_updates is None:
+        rate = config.runtime.disc_updates_per_policy_update
+        if rate != int(rate):
+            raise ValueError(f"disc_updates_per_policy_update={rate} is fractional: pass the "
+                             f"step's disc_updates (fused.train decides it per step).")
+        disc_updates = int(rate)
+    if disc_updates < 0:
+        raise ValueError(f"disc_updates must be >= 0, got {disc_updates}.")
+    if not config.uses_discriminator:
+        disc_updates = 0
+    return _make_fused_step(_step_config(config), num_devices, disc_updates, return_trajectory)
 
 
 def _step_config(config):
-    """The config with only the runtime fields the step depends on (the compile cache's key)."""
+    """The config with only the fields the step depends on (the compile cache's key)."""
     rt = config.runtime
     return dataclasses.replace(config, data_dir=None, dataset_limit=0, runtime=type(rt)(
-        runtime="fused", batch_size=rt.batch_size, max_updates=1,
-        disc_updates_per_policy_update=rt.disc_updates_per_policy_update))
+        runtime="fused", batch_size=rt.batch_size, max_updates=1))
 
 
-@functools.lru_cache(maxsize=8)
-def _make_fused_step(config, num_devices: int, return_trajectory: bool):
+@functools.lru_cache(maxsize=16)
+def _make_fused_step(config, num_devices: int, disc_updates: int, return_trajectory: bool):
     parts = make_parts(config)
     rollout = _sharded_rollout(parts, config.runtime.batch_size, num_devices)
 
@@ -326,15 +341,12 @@ def _make_fused_step(config, num_devices: int, return_trajectory: bool):
                        sample_canvases=result.final_canvases[:NUM_SAMPLE_CANVASES])
         if return_trajectory:
             metrics["trajectory"] = result.trajectory
-        disc, replay, credit = state.disc, state.replay, state.disc_credit
+        disc, replay = state.disc, state.replay
         if state.disc is not None:
             replay = replay_add(replay, result.final_canvases, result.targets)
-            disc, credit, count, disc_metrics = parts.disc_train(disc, replay, state.data,
-                                                                 credit, disc_key)
+            disc, disc_metrics = parts.disc_train(disc, replay, state.data, disc_key, disc_updates)
             metrics.update({"d_" + k: v for k, v in disc_metrics.items()})
-            metrics["d_updates"] = count
-            metrics["d_replay_size"] = replay.size
-        return state._replace(policy=policy, disc=disc, replay=replay, disc_credit=credit), metrics
+        return state._replace(policy=policy, disc=disc, replay=replay), metrics
 
     # Donating the state lets XLA update it in place (the CPU backend ignores donation).
     donate = () if jax.default_backend() == "cpu" else (0,)
@@ -403,15 +415,61 @@ def disc_tree(state: FusedState):
     return None if state.disc is None else jax.device_get(disc_learning.state_to_tree(state.disc))
 
 
-def restore_into(state: FusedState, path: str) -> FusedState:
-    """``state`` with the policy (and discriminator) state of checkpoint folder ``path``."""
+def replay_tree(state: FusedState, added: int) -> Optional[dict]:
+    """The replay's checkpointed tree (what ``Replay.get_state`` returns): canvases (and targets)
+    in slot order, the fill level, the next slot, and ``added``, the canvases ever added."""
+    if state.replay is None:
+        return None
+    replay = jax.device_get(state.replay)
+    tree = {"canvases": np.asarray(replay.canvases), "size": np.int64(replay.size),
+            "next": np.int64(replay.next), "added": np.int64(added)}
+    if replay.targets is not None:
+        tree["targets"] = np.asarray(replay.targets)
+    return tree
+
+
+def restore_into(state: FusedState, path: str) -> tuple[FusedState, int]:
+    """``state`` with the policy, discriminator and replay of checkpoint folder ``path``, and the
+    replay's count of canvases ever added (0 when the checkpoint has no replay that fits)."""
     policy = checkpointing.restore_tree(os.path.join(path, "policy"), policy_tree(state))
     state = state._replace(policy=jax.tree.map(jnp.asarray, policy))
+    added = 0
     if state.disc is not None:
         tree = checkpointing.restore_tree(os.path.join(path, "discriminator"), disc_tree(state))
         state = state._replace(disc=disc_learning.state_from_tree(
             jax.tree.map(jnp.asarray, tree), state.disc))
-    return state
+        replay_path = os.path.join(path, "replay")
+        if os.path.isdir(replay_path):  # the critic resumes on the fakes it had, as the driver's
+            try:
+                tree = checkpointing.restore_tree(replay_path, replay_tree(state, 0))
+                capacity = state.replay.canvases.shape[0]
+                size, next_slot = int(tree["size"]), int(tree["next"])
+                if not (0 <= size <= capacity and 0 <= next_slot < capacity):
+                    raise ValueError(f"impossible fill level {size} / next slot {next_slot}")
+            except ValueError as e:
+                print(f"--resume: the saved replay does not fit this run's ({e}); the "
+                      f"discriminator starts from an empty replay.", flush=True)
+            else:
+                targets = tree.get("targets")
+                state = state._replace(replay=FusedReplay(
+                    jnp.asarray(tree["canvases"]), None if targets is None else jnp.asarray(targets),
+                    jnp.asarray(size, jnp.int32), jnp.asarray(next_slot, jnp.int32)))
+                added = int(tree["added"])
+    return state, added
+
+
+class _ReplayBook:
+    """The host's copy of the device replay's fill level (deterministic: B canvases per step),
+    so the host knows, before dispatching a step, whether the critic may train in it."""
+
+    def __init__(self, replay: Optional[FusedReplay], added: int):
+        self.capacity = 0 if replay is None else int(replay.canvases.shape[0])
+        self.size = 0 if replay is None else int(replay.size)
+        self.added = added
+
+    def add(self, count: int):
+        self.size = min(self.size + count, self.capacity)
+        self.added += count
 
 
 def _num_devices(config) -> int:
@@ -439,13 +497,15 @@ def train(config, num_devices: Optional[int] = None) -> dict:
 
     parts = make_parts(config)
     state = parts.init_state(jax.tree.map(jnp.asarray, load_data(config)))
+    added = 0
     if resume_from:
-        state = restore_into(state, resume_from)
+        state, added = restore_into(state, resume_from)
         print(f"Resumed from {resume_from} at {counters.updates} policy updates.", flush=True)
+    book = _ReplayBook(state.replay, added)
     state = place_state(state, num_devices)
-    step = make_fused_step(config, num_devices)
 
     batch, num_steps = rt.batch_size, config.env.episode_length - 1
+    disc_batch = config.discriminator.batch_size
     monitor = monitoring.Monitor(rt.logdir or None, rt.log_every_seconds)
     rates = driver._Rates()  # pylint: disable=protected-access
     returns = []
@@ -453,14 +513,28 @@ def train(config, num_devices: Optional[int] = None) -> dict:
     start = time.monotonic()
     elapsed_before = counters.elapsed_s
     last_checkpoint = start
+    credit = 0.0
 
     def budget_left(dispatched: int) -> bool:
         if rt.max_updates and dispatched >= rt.max_updates:
             return False
         return not (rt.max_minutes and time.monotonic() - start >= 60 * rt.max_minutes)
 
-    def record(metrics: dict):
+    def dispatch(update: int):
+        """Start policy update ``update`` (asynchronously); returns what ``record`` needs."""
+        nonlocal state, credit
+        book.add(batch)
+        disc_updates = 0
+        if config.uses_discriminator:
+            disc_updates, credit = disc_updates_due(credit, rt.disc_updates_per_policy_update,
+                                                    book.size >= disc_batch)
+        step = make_fused_step(config, num_devices, disc_updates=disc_updates)
+        state, metrics = step(state, step_key(rt.seed, update))
+        return metrics, disc_updates, {"replay_size": book.size, "replay_added": book.added}
+
+    def record(pending):
         """Host-side bookkeeping of one finished step (its metrics fetched)."""
+        metrics, disc_updates, replay_info = pending
         metrics = jax.device_get(metrics)
         samples = metrics.pop("sample_canvases")
         counters.updates += 1
@@ -469,11 +543,11 @@ def train(config, num_devices: Optional[int] = None) -> dict:
         rates.add(batch * num_steps)
         returns.append(float(metrics.pop("mean_episode_return")))
         del returns[:-200]
-        disc = {k[2:]: float(v) for k, v in metrics.items() if k.startswith("d_")}
         last["policy"] = {k: float(v) for k, v in metrics.items() if not k.startswith("d_")}
-        if disc.get("updates", 0) > 0:
-            counters.disc_updates += int(disc["updates"])
-            last["disc"] = disc
+        if disc_updates > 0:
+            counters.disc_updates += disc_updates
+            last["disc"] = {k[2:]: float(v) for k, v in metrics.items() if k.startswith("d_")}
+            last["disc"].update(replay_info, updates=float(disc_updates))
         if counters.updates % rt.image_every_updates == 0 or counters.updates == 1:
             monitor.images(counters.updates, "samples/final_canvas", samples)
 
@@ -483,7 +557,8 @@ def train(config, num_devices: Optional[int] = None) -> dict:
         counters.elapsed_s = elapsed_before + time.monotonic() - start
         policy = policy_tree(state)
         path = checkpointing.save_checkpoint(rt.checkpoint_dir, counters.updates, config.to_dict(),
-                                             dataclasses.asdict(counters), policy, disc_tree(state))
+                                             dataclasses.asdict(counters), policy, disc_tree(state),
+                                             replay_tree(state, book.added))
         # The evaluation every runtime runs at a checkpoint (as the driver does): held-out
         # metrics to <checkpoint_dir>/eval_log.jsonl and TensorBoard eval/*.
         from spiral.evaluation import log_checkpoint_metrics  # pylint: disable=import-outside-toplevel
@@ -494,11 +569,10 @@ def train(config, num_devices: Optional[int] = None) -> dict:
     pending = None   # the previous step's metrics (device arrays): fetched after the next dispatch
     try:
         while budget_left(counters.updates + (pending is not None)):
-            update = counters.updates + (pending is not None)   # the index of this update
-            state, metrics = step(state, step_key(rt.seed, update))
+            started = dispatch(counters.updates + (pending is not None))
             if pending is not None:
                 record(pending)
-            pending = metrics
+            pending = started
             now = time.monotonic()
             counters.elapsed_s = elapsed_before + now - start
             monitor.progress(counters.updates, _progress_values(counters, rates, returns, last))

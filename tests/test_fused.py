@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, skip_unless
-from spiral.actors import acting, checkpointing, driver, fused
+from spiral.actors import acting, checkpointing, driver, fused, monitoring
 from spiral.discriminator import DiscriminatorLearner, Replay, make_episode_reward_fn
 from spiral.discriminator import learning as disc_learning
 from spiral.envs import PaintEnv, jax_engine
@@ -42,8 +42,10 @@ T = EPISODE_LENGTH - 1
 
 
 def fused_config(tmp_path, **overrides):
+    # The critic's batch is the policy's, so its replay holds one batch after the first step
+    # and every step has one discriminator update: one compiled step for the whole module.
     values = dict(runtime="fused", episode_length=EPISODE_LENGTH, batch_size=BATCH,
-                  dataset_limit=64)
+                  disc_batch_size=BATCH, dataset_limit=64)
     values.update(overrides)
     return launch_flags.config_from_values(tiny_values(tmp_path, **values))
 
@@ -119,28 +121,17 @@ def test_replay_samples_uniformly_from_the_filled_slots_only():
     assert np.all(np.abs(counts - 1000) < 140), counts
 
 
-def _driver_credit(rates_ready, rate):
-    """The driver's rule (``_Driver.run``) for one rate: updates run per policy update."""
+@pytest.mark.parametrize("rate", [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0])
+def test_disc_updates_due_pays_floor_of_rate_times_steps(rate):
+    """The driver's credit rule: after k ready steps, floor(k·rate) updates in all (exact for
+    these binary fractions); steps before the replay holds a batch run none and drop theirs."""
     credit, done = 0.0, []
-    for ready in rates_ready:
-        credit += rate
-        n = int(credit)
-        if n >= 1:
-            done.append(n if ready else 0)   # DiscriminatorWorker.train refuses a short replay
-            credit -= n
-        else:
-            done.append(0)
-    return done
-
-
-@pytest.mark.parametrize("rate", [0.0, 0.25, 0.5, 1.0, 1.5, 2.0])
-def test_disc_update_count_follows_the_driver_credit_rule(rate):
-    ready = [False, False] + [True] * 10
-    credit, got = jnp.zeros((), jnp.float32), []
-    for r in ready:
-        n, credit = fused.disc_update_count(credit, rate, jnp.asarray(r))
-        got.append(int(n))
-    assert got == _driver_credit(ready, rate)
+    for step in range(12):
+        n, credit = fused.disc_updates_due(credit, rate, ready=step >= 2)
+        done.append(n)
+    assert done[:2] == [0, 0]
+    for k in range(1, 11):
+        assert sum(done[2:2 + k]) == int(np.floor((k + 2) * rate)) - int(np.floor(2 * rate)), (k, done)
 
 
 # ---------------------------------------------------------------------------- the rollout record
@@ -264,31 +255,34 @@ def test_fused_policy_update_is_the_policy_learners_update(two_steps):
 
 
 def test_fused_discriminator_update_is_the_discriminator_learners_update(two_steps):
-    """Step 1 fills half the replay (no update: the worker refuses a short replay); step 2 runs
-    one update, equal to DiscriminatorLearner.update on the same replayed and real batch."""
+    """Each step adds its final canvases to the replay and runs one critic update, equal to
+    DiscriminatorLearner.update on the same replayed and real batch."""
     config, parts, states = two_steps["config"], two_steps["parts"], two_steps["states"]
-    m1, m2 = two_steps["metrics"]
-    assert (int(m1["d_updates"]), int(m1["d_replay_size"])) == (0, BATCH)
-    assert (int(m2["d_updates"]), int(m2["d_replay_size"])) == (1, 2 * BATCH)
-    np.testing.assert_array_equal(np.asarray(states[2].replay.canvases[:2 * BATCH]), np.concatenate(
-        [r.final_canvases for r in two_steps["rollouts"]]))
-    disc_key = jax.random.split(two_steps["keys"][1])[1]
-    fake, real, targets = parts.disc_batch(states[2].replay, two_steps["data"],
-                                           jax.random.fold_in(disc_key, 0))
     learner = DiscriminatorLearner(config.discriminator, seed=config.runtime.seed)
-    reference = jax.device_get(learner.update(np.asarray(fake), np.asarray(real)))
-    assert targets is None
-    np.testing.assert_allclose(m2["d_loss"], reference["loss"], rtol=1e-5, atol=1e-6)
+    finals = np.concatenate([r.final_canvases for r in two_steps["rollouts"]])
+    for i in range(2):
+        assert int(states[i + 1].replay.size) == (i + 1) * BATCH
+        np.testing.assert_array_equal(np.asarray(states[i + 1].replay.canvases[:(i + 1) * BATCH]),
+                                      finals[:(i + 1) * BATCH])
+        disc_key = jax.random.split(two_steps["keys"][i])[1]
+        fake, real, targets = parts.disc_batch(states[i + 1].replay, two_steps["data"],
+                                               jax.random.fold_in(disc_key, 0))
+        assert targets is None and set(np.unique(np.asarray(fake)).tolist()) <= set(
+            np.unique(finals[:(i + 1) * BATCH]).tolist())
+        reference = jax.device_get(learner.update(np.asarray(fake), np.asarray(real)))
+        np.testing.assert_allclose(two_steps["metrics"][i]["d_loss"], reference["loss"],
+                                   rtol=1e-5, atol=1e-6)
     got = jax.device_get(disc_learning.state_to_tree(states[2].disc))
     want = jax.device_get(disc_learning.state_to_tree(learner.state))
+    assert int(got["step"]) == 2
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=0, atol=2e-6), got, want)
 
 
 # ---------------------------------------------------------------------------- the shell
 
 def _trees(path):
-    return (checkpointing.restore_tree(os.path.join(path, "policy")),
-            checkpointing.restore_tree(os.path.join(path, "discriminator")))
+    return tuple(checkpointing.restore_tree(os.path.join(path, part))
+                 for part in ("policy", "discriminator", "replay"))
 
 
 def _assert_same_trees(a, b):
@@ -304,8 +298,11 @@ def test_fused_run_checkpoints_and_resumes_across_runtimes(two_steps, tmp_path):
     run_dir = tmp_path / "run"
     ckpt_dir = run_dir / "checkpoints"
     result = fused.train(fused_config(tmp_path, max_updates=3))
+    last_line = monitoring.progress_line(result["progress"], 0.0)   # the last line it printed
+    assert " | upd 3 | D upd 3 | act " in last_line and " | return " in last_line, last_line
+    assert "D(real)" in last_line and "pg loss" in last_line, last_line
     counters = result["counters"]
-    assert counters["updates"] == 3 and counters["disc_updates"] == 2
+    assert counters["updates"] == 3 and counters["disc_updates"] == 3
     assert counters["agent_steps"] == 3 * BATCH * T and counters["episodes"] == 3 * BATCH
     for key in ("total_loss", "pg_loss", "baseline_loss", "entropy", "grad_norm"):
         assert np.isfinite(result["policy_metrics"][key]), key
@@ -319,7 +316,8 @@ def test_fused_run_checkpoints_and_resumes_across_runtimes(two_steps, tmp_path):
     saved_config, saved_counters = checkpointing.read_run_info(result["checkpoint"])
     assert saved_config["runtime"]["runtime"] == "fused" and saved_counters["updates"] == 3
     fused_trees = _trees(result["checkpoint"])
-    assert int(fused_trees[0]["step"]) == 3 and int(fused_trees[1]["step"]) == 2
+    assert int(fused_trees[0]["step"]) == 3 and int(fused_trees[1]["step"]) == 3
+    assert (int(fused_trees[2]["size"]), int(fused_trees[2]["added"])) == (3 * BATCH, 3 * BATCH)
 
     # The local runtime restores it (nothing left to do at 3 updates) and saves it unchanged ...
     local_config = fused_config(tmp_path, runtime="local", max_updates=3, resume=True)
@@ -329,14 +327,16 @@ def test_fused_run_checkpoints_and_resumes_across_runtimes(two_steps, tmp_path):
     local = driver.train(fused_config(tmp_path, runtime="local", max_updates=4, resume=True))
     assert local["counters"]["updates"] == 4 and local["counters"]["episodes"] == 4 * BATCH
     local_trees = _trees(local["checkpoint"])
-    assert int(local_trees[0]["step"]) == 4
+    assert int(local_trees[0]["step"]) == 4 and int(local_trees[2]["added"]) >= 4 * BATCH
 
     # The fused runtime restores the local checkpoint exactly, and trains on from it.
     assert fused.train(fused_config(tmp_path, max_updates=4, resume=True))["counters"]["updates"] == 4
     _assert_same_trees(_trees(ckpt_dir / "ckpt_00000004"), local_trees)
     resumed = fused.train(fused_config(tmp_path, max_updates=5, resume=True))
     assert resumed["counters"]["updates"] == 5 and resumed["counters"]["episodes"] == 5 * BATCH
-    assert int(_trees(resumed["checkpoint"])[0]["step"]) == 5
+    final_trees = _trees(resumed["checkpoint"])
+    assert int(final_trees[0]["step"]) == 5 and int(final_trees[1]["step"]) == int(local_trees[1]["step"]) + 1
+    assert int(final_trees[2]["added"]) == int(local_trees[2]["added"]) + BATCH   # the replay went on
 
 
 def test_fused_resume_refuses_a_different_network(two_steps, tmp_path):
@@ -378,7 +378,7 @@ _TWO_DEVICES = textwrap.dedent("""
         out["finite"] &= bool(np.isfinite(metrics["total_loss"]) and np.isfinite(metrics["d_loss"]))
     canvases = metrics["trajectory"].observation.canvas[:, -1]
     out["halves_differ"] = bool((canvases[:BATCH // 2] != canvases[BATCH // 2:]).any())
-    out["d_updates"] = int(metrics["d_updates"])
+    out["d_step"] = int(state.disc.step)
     out["learning_rate"] = config.policy.learning_rate
     sharding = state.policy.params["value"]["kernel"].sharding
     out["replicated_on"] = len(sharding.device_set) if sharding.is_fully_replicated else 0
@@ -400,7 +400,7 @@ def test_two_device_data_parallel_step_keeps_the_same_update(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
-    assert out["finite"] and out["halves_differ"] and out["d_updates"] == 1
+    assert out["finite"] and out["halves_differ"] and out["d_step"] == 2
     for diff in out["diffs"]:
         assert_same_update(diff, out["learning_rate"])
     assert max(out["loss_diff"]) < 1e-4, out
