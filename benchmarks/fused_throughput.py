@@ -10,7 +10,8 @@ Rows, for each network size and batch size B (episodes of T = episode_length −
 * **baseline** (same process, same B and networks): what the local runtime does for one update:
   ``EpisodeRunner.unroll`` of B numba environments with one batched policy call per step and the
   actor's reward, then ``PolicyLearner.update`` and one ``DiscriminatorLearner.train_step``.
-  The ratio fused / baseline is the speed-up of fusing on this device.
+  The ratio fused / baseline is the speed-up of fusing on this device. Both start with a full
+  replay, so every timed step includes its discriminator update (a long run's steady state).
 
 On a GPU (H100/H200) the goal is >= 200k agent steps/s with the full-size network; without one
 the GPU rows print "not measured: no GPU here". ``--mnist-minutes M`` (GPU only unless
@@ -93,7 +94,12 @@ def fused_row(config, steps: int, breakdown: bool) -> dict:
     from spiral.actors import fused
     from spiral.discriminator import learning as disc_learning
     parts = fused.make_parts(config)
-    state = parts.init_state(jax.tree.map(jnp.asarray, fused.load_data(config)))
+    data = jax.tree.map(jnp.asarray, fused.load_data(config))
+    state = parts.init_state(data)
+    # Steady state: a full replay, so every step has its discriminator update (as in a long run).
+    capacity = config.discriminator.replay_capacity
+    state = state._replace(replay=fused.replay_add(
+        state.replay, jnp.resize(data.real, (capacity,) + data.real.shape[1:])))
     step = fused.make_fused_step(config)
     counter = iter(range(10 ** 9))
 
@@ -119,6 +125,10 @@ def fused_row(config, steps: int, breakdown: bool) -> dict:
         jax.block_until_ready(update(state.policy, out.trajectory))
         row["update_s"] = _median_seconds(lambda: jax.block_until_ready(
             update(state.policy, out.trajectory)), steps)
+        disc = jax.jit(lambda d, r, k: parts.disc_train(d, r, data, k, 1))
+        jax.block_until_ready(disc(state.disc, state.replay, jax.random.PRNGKey(3)))
+        row["disc_s"] = _median_seconds(lambda: jax.block_until_ready(
+            disc(state.disc, state.replay, jax.random.PRNGKey(4))), steps)
     del state
     return row
 
@@ -135,14 +145,14 @@ def baseline_row(config, steps: int) -> dict:
     disc = DiscriminatorLearner(config.discriminator, seed=0)
     replay = Replay.from_config(config.discriminator)
     real = driver.load_images(config)
+    replay.add(np.resize(real, (replay.capacity,) + real.shape[1:]))   # steady state, as fused_row
 
     def run():
         version, weights = disc.publish()
         result = runner.unroll(jax.device_get(learner.params), learner.step, weights, version)
         replay.add(result.final_canvases)
         learner.update(result.trajectory)
-        if len(replay) >= config.discriminator.batch_size:
-            jax.block_until_ready(disc.train_step(replay, real)["loss"])
+        jax.block_until_ready(disc.train_step(replay, real)["loss"])
 
     start = time.perf_counter()
     run()
@@ -153,8 +163,8 @@ def baseline_row(config, steps: int) -> dict:
 
 def throughput_table(args, on_gpu: bool) -> list[str]:
     rows = ["| network | B | fused agent steps/s | s/step | compile s | baseline steps/s | "
-            "fused / baseline | rollout s | update s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "fused / baseline | rollout s | update s | D update s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     steps = args.steps or (20 if on_gpu else 3)
     t = args.episode_length - 1
     for network in args.networks:
@@ -165,7 +175,7 @@ def throughput_table(args, on_gpu: bool) -> list[str]:
             try:
                 fused = fused_row(config, steps, args.breakdown)
             except Exception as e:  # pylint: disable=broad-except  (e.g. out of device memory)
-                line = f"| {network} | {batch} | failed: {type(e).__name__}: {str(e)[:80]} |||||||"
+                line = f"| {network} | {batch} | failed: {type(e).__name__}: {str(e)[:80]} ||||||||"
                 print(line, flush=True)
                 rows.append(line)
                 continue
@@ -178,7 +188,8 @@ def throughput_table(args, on_gpu: bool) -> list[str]:
                 ratio = f"{base['step_s'] / fused['step_s']:.2f}x"
             line = (f"| {network} | {batch} | {rate:,.0f} | {fused['step_s']:.3f} | "
                     f"{fused['compile_s']:.0f} | {base_rate} | {ratio} | "
-                    f"{fused.get('rollout_s', float('nan')):.3f} | {fused.get('update_s', float('nan')):.3f} |")
+                    + " | ".join(f"{fused[k]:.3f}" if k in fused else ""
+                                 for k in ("rollout_s", "update_s", "disc_s")) + " |")
             print(line, flush=True)
             rows.append(line)
     return rows
