@@ -84,6 +84,8 @@ def read_curve(checkpoint_dir: str) -> list[dict]:
             raise RuntimeError(f"the evaluation at {record['updates']} updates in {checkpoint_dir} failed: "
                                f"{record.get('error')}")
         m = record["metrics"]
+        if rows and rows[-1]["updates"] == record["updates"]:
+            rows.pop()   # the final save can repeat the last periodic one: keep one point
         rows.append(dict(updates=record["updates"], frames=record["agent_steps"],
                          elapsed_s=record["elapsed_s"], l2=m["l2"], l2_per_pixel=m["l2_per_pixel"],
                          blank_l2=m["blank_l2"], random_l2=m["random_l2"]))

@@ -133,9 +133,9 @@ def test_evaluate_checkpoint_writes_pictures_programs_and_metrics(trained, tmp_p
     assert np.mean(l2_distances(np.stack(canvases), targets)) == pytest.approx(saved["metrics"]["l2"], rel=1e-12)
 
 
-def test_unconditional_metrics_have_their_references(trained):
+def test_unconditional_metrics_have_their_references(data_dir, tmp_path):
     """Unconditional MNIST: Fréchet distance and classifier score beside real, random and blank."""
-    values = tiny_values("/tmp/unused", conditional=False, reward="discriminator", observation_width=64,
+    values = tiny_values(tmp_path, conditional=False, reward="discriminator", observation_width=64,
                          grid_width=32)
     config = launch_flags.config_from_values(values)
     params = Agent(config.agent).init(jax.random.PRNGKey(0))
