@@ -65,6 +65,7 @@ from spiral.actors import checkpointing, driver, monitoring
 from spiral.actors.acting import reward_mode
 from spiral.discriminator import final_rewards, l2_distance
 from spiral.discriminator import learning as disc_learning
+from spiral.discriminator.config import IMAGE_SIZE
 from spiral.discriminator.reward import episode_rewards
 from spiral.envs import jax_engine, specs
 from spiral.learner import (FIRST, LAST, MID, Agent, LearnerState, Observation, Trajectory,
@@ -92,7 +93,11 @@ class FusedData(NamedTuple):
 
 
 class FusedState(NamedTuple):
-    """Everything one fused step reads and writes (a pytree of arrays)."""
+    """Everything one fused step reads and writes (a pytree of arrays).
+
+    No environment or key state: each step resets fresh environments from the step's key (an
+    argument), and the run's counters are the host's ``driver.Counters``.
+    """
     policy: LearnerState          # the PolicyLearner's state (checkpointed as ``policy/``)
     disc: Optional[Any]           # DiscriminatorState, None with the L2 reward
     replay: Optional[FusedReplay]
@@ -100,7 +105,7 @@ class FusedState(NamedTuple):
 
 
 def replay_init(capacity: int, channels: int, conditional: bool) -> FusedReplay:
-    shape = (capacity, 64, 64, channels)
+    shape = (capacity, IMAGE_SIZE, IMAGE_SIZE, channels)
     return FusedReplay(jnp.zeros(shape, jnp.uint8),
                        jnp.zeros(shape, jnp.uint8) if conditional else None,
                        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
@@ -122,7 +127,8 @@ def replay_add(replay: FusedReplay, canvases: jax.Array, targets: Optional[jax.A
 
 
 def replay_sample(replay: FusedReplay, key: jax.Array, batch_size: int):
-    """(canvases, targets or None) [batch_size, ...], uniform with replacement over what it holds."""
+    """(canvases, targets or None) [batch_size, ...], uniform with replacement over what it holds
+    (the empty slot 0 while it holds nothing; the shell never trains the critic then)."""
     index = jax.random.randint(key, (batch_size,), 0, jnp.maximum(replay.size, 1))
     return replay.canvases[index], None if replay.targets is None else replay.targets[index]
 
