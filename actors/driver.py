@@ -24,7 +24,7 @@ import logging
 import os
 import time
 import warnings
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -274,7 +274,7 @@ class _Driver:
         return True
 
     def run(self) -> dict:
-        config, rt, be = self.config, self.config.runtime, self.backend
+        rt, be = self.config.runtime, self.backend
         start = time.monotonic()
         elapsed_before = self.counters.elapsed_s
         self._create_workers()

@@ -31,8 +31,6 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
-import re
 import sys
 import time
 
@@ -43,8 +41,8 @@ from spiral.envs import libmypaint_engine as le
 from spiral.envs import stroke as spec
 from spiral.envs.engines import make_engine
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
-SECTION = "## env_throughput"
+from results_md import RESULTS, machine, write_section
+
 
 
 def random_mix(config: PaintConfig, n: int, seed: int = 0):
@@ -250,17 +248,6 @@ def memory_per_env(renderer: str, count: int = 200):
     return traced / count, rss / count
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            found = re.search(r"model name\s*:\s*(.+)", handle.read())
-            model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def pictures(folder: pathlib.Path):
     from PIL import Image
 
@@ -298,14 +285,6 @@ def pictures(folder: pathlib.Path):
     frames[0].save(folder / "spiral_env_episode.gif", save_all=True, append_images=frames[1:], duration=300,
                    loop=0)
     return [folder / "spiral_env_gallery.png", folder / "spiral_env_episode.gif"]
-
-
-def write_results(table: str):
-    text = RESULTS.read_text()
-    start = text.index(SECTION)
-    following = text.find("\n## ", start + len(SECTION))
-    end = len(text) if following < 0 else following + 1
-    RESULTS.write_text(text[:start] + table.rstrip() + "\n\n" + text[end:])
 
 
 def main(argv=None):
@@ -349,15 +328,14 @@ def main(argv=None):
                      f"RSS growth {rss / 1024:.0f} KiB", "per env, 200 envs after one episode each"))
 
     command = "python benchmarks/env_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    header = (f"{SECTION} (benchmarks/env_throughput.py)\n\n"
-              f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Command: `{command.strip()}`.\n"
+    header = (f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Command: `{command.strip()}`.\n"
               f"Single-core rates use process CPU time (the machine is shared); \"wall\" is wall clock "
               f"(1-minute load average at the end: {os.getloadavg()[0]:.1f}; JAX rows are wall clock).\n\n"
               "| what | rate | | notes |\n|---|---|---|---|\n")
     table = header + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows) + "\n"
     print(table)
     if args.write_results:
-        write_results(table)
+        write_section("env_throughput", table)
         print(f"wrote {RESULTS}")
     if args.pictures:
         for path in pictures(args.pictures):

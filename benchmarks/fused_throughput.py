@@ -29,12 +29,14 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
 import statistics
+import sys
 import tempfile
 import time
 
 import numpy as np
+
+import results_md
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GOAL_STEPS_PER_S = 200_000
@@ -55,6 +57,8 @@ def parse_args():
                    help="also train unconditional MNIST for this long and evaluate it")
     p.add_argument("--mnist-batch-size", type=int, default=256)
     p.add_argument("--run-dir", default="", help="where the MNIST run goes (default: a temp folder)")
+    p.add_argument("--write-results", action="store_true",
+                   help="replace the fused_throughput section of benchmarks/RESULTS.md with this table")
     p.add_argument("--allow-cpu-run", action="store_true", help="run --mnist-minutes without a GPU")
     return p.parse_args()
 
@@ -63,7 +67,7 @@ def device_name() -> str:
     import jax
     device = jax.devices()[0]
     if device.platform == "cpu":
-        return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        return f"CPU ({results_md.cpu_name()}, {os.cpu_count()} cores)"
     return f"{device.device_kind} ({device.platform}) x{len(jax.devices())}"
 
 
@@ -165,6 +169,7 @@ def throughput_table(args, on_gpu: bool) -> list[str]:
     rows = ["| network | B | fused agent steps/s | s/step | compile s | baseline steps/s | "
             "fused / baseline | rollout s | update s | D update s |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    print("\n".join(rows), flush=True)
     steps = args.steps or (20 if on_gpu else 3)
     t = args.episode_length - 1
     for network in args.networks:
@@ -221,13 +226,14 @@ def main():
     args = parse_args()
     import jax
     on_gpu = jax.default_backend() != "cpu"
-    print(f"fused_throughput on {device_name()}; jax {jax.__version__}; "
-          f"{datetime.date.today().isoformat()}; goal on one H100/H200: >= {GOAL_STEPS_PER_S:,} "
-          f"agent steps/s, full network", flush=True)
+    lines = [f"fused_throughput on {device_name()}; jax {jax.__version__}; "
+             f"{datetime.date.today().isoformat()}; goal on one H100/H200: >= {GOAL_STEPS_PER_S:,} "
+             f"agent steps/s, full network"]
     if not on_gpu:
-        print("GPU rows: not measured: no GPU here", flush=True)
+        lines.append("GPU rows: not measured: no GPU here")
+    print("\n".join(lines), flush=True)
     if not args.skip_throughput:
-        throughput_table(args, on_gpu)
+        lines += [""] + throughput_table(args, on_gpu)
     if args.mnist_minutes:
         if on_gpu or args.allow_cpu_run:
             mnist_run(args)
@@ -235,9 +241,13 @@ def main():
             print("MNIST fixed-time run: not measured: no GPU here (--allow-cpu-run forces it)",
                   flush=True)
     try:
-        print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+        lines += ["", f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."]
+        print(lines[-1], flush=True)
     except OSError:
         pass
+    if args.write_results and not args.skip_throughput:
+        command = "python benchmarks/fused_throughput.py " + " ".join(sys.argv[1:])
+        results_md.write_section("fused_throughput", "\n".join(lines + [f"Command: `{command.strip()}`"]))
 
 
 if __name__ == "__main__":

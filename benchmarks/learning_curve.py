@@ -24,11 +24,11 @@ import argparse
 import csv
 import math
 import os
-import platform
 import time
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+import results_md
 
 REWARDS = ("discriminator", "l2")
 COLORS = {"discriminator": (214, 39, 40), "l2": (31, 119, 180)}
@@ -205,9 +205,9 @@ def main(argv=None):
              f"grid {args.grid_width}, {args.network} net, {budget}, seed {args.seed}")
     png_path = plot_curves(curves, references, os.path.join(args.out, "learning_curve.png"), title)
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"| reward | checkpoints | frames | train s | first L2 | final L2 | best L2 | blank L2 | random L2 |")
+    load = "" if args.plot_only else f"; load average {os.getloadavg()[0]:.1f} at the end"
+    print(f"\nmachine: {results_md.cpu_name()}, {os.cpu_count()} cores{load}")
+    print("| reward | checkpoints | frames | train s | first L2 | final L2 | best L2 | blank L2 | random L2 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for reward, rows in curves.items():
         l2 = [r["l2"] for r in rows]

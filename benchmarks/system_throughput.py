@@ -6,11 +6,15 @@ For each actor count N, one command measures, in order:
   * system: ``driver.train`` on a local Ray with N actors, the policy learner and the
     discriminator learner, for a fixed time; the actors' steps/s over the last 30 s, the learner's,
     the policy lag, the queue wait fractions and the object store's peak use and spilling.
+  * runtime only (``--modes train,drain``): the same Ray run, but the policy learner only receives
+    each batch (every trajectory crosses into its process, as for an update) and publishes a new
+    parameter version (one ``ray.put`` each, as usual), and the discriminator learner does not
+    train. This is the runtime's own cost: actors, queue, object store, parameter pulls, replay feed.
 The ratio system / (N × bare) is what the runtime keeps of the bare loop's throughput. On a
 machine with few cores the learners compete with the actors for CPU: the table says how many
 cores there were, and the "actors wait" column shows when the learner, not the runtime, limits.
 
-  python benchmarks/system_throughput.py --actors 1,2 --seconds 120 [--write-results]
+  python benchmarks/system_throughput.py --actors 1,2 --seconds 120 --modes train,drain [--write-results]
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import re
 import subprocess
 import sys
@@ -28,7 +31,10 @@ import tempfile
 import threading
 import time
 
+import results_md
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+MODE_LABELS = {"train": "training", "drain": "drained (runtime only)"}
 
 
 def _values(args, run_dir: str, runtime: str, actors: int, minutes: float) -> dict:
@@ -75,13 +81,40 @@ def _object_store_sampler(stop: threading.Event, out: dict):
             out["spilled"] = True
 
 
-def system_run(args, actors: int) -> dict:
+def draining_learner_class():
+    """A PolicyLearnerWorker that takes each batch and publishes a new version without learning."""
+    import jax
+    from spiral.actors.workers import POLICY, PolicyLearnerWorker, concat_trajectories
+
+    class DrainingPolicyLearner(PolicyLearnerWorker):
+        def publish(self) -> int:
+            self._drained = getattr(self, "_drained", 0)
+            if not hasattr(self, "_host_params"):
+                self._host_params = jax.device_get(self.learner.params)
+            self._params.publish.remote(POLICY, self._drained, [self._backend.put(self._host_params)])
+            return self._drained
+
+        def update(self, *trajectories) -> dict:
+            batch = concat_trajectories(trajectories)  # the trajectories are fetched here
+            self._drained += 1
+            self.publish()
+            return {"version": float(self._drained), "batch_episodes": float(batch.reward.shape[0])}
+
+    return DrainingPolicyLearner
+
+
+def system_run(args, actors: int, mode: str) -> dict:
     import ray
     from spiral.actors import driver
     from spiral.launch import flags as launch_flags
     run_dir = tempfile.mkdtemp(prefix="spiral_system_")
-    config = launch_flags.config_from_values(
-        _values(args, run_dir, "ray", actors, args.seconds / 60))
+    values = _values(args, run_dir, "ray", actors, args.seconds / 60)
+    if mode == "drain":
+        values["disc_updates_per_policy_update"] = 0.0
+    config = launch_flags.config_from_values(values)
+    learner_class = driver.PolicyLearnerWorker
+    if mode == "drain":  # the driver creates its policy learner from this module-level name
+        driver.PolicyLearnerWorker = draining_learner_class()
     ray.init(num_cpus=config.runtime.ray_num_cpus, include_dashboard=False, log_to_driver=False)
     store, stop = {"peak_mib": 0, "spilled": False}, threading.Event()
     sampler = threading.Thread(target=_object_store_sampler, args=(stop, store), daemon=True)
@@ -89,12 +122,13 @@ def system_run(args, actors: int) -> dict:
     try:
         result = driver.train(config)
     finally:
+        driver.PolicyLearnerWorker = learner_class
         stop.set()
         sampler.join()
         ray.shutdown()
     p = result["progress"]
     lags = result["queue"]["lags"]
-    return {"actors": actors, "actor_steps_per_s": p["actor_steps_per_s"],
+    return {"mode": mode, "actors": actors, "actor_steps_per_s": p["actor_steps_per_s"],
             "learner_steps_per_s": p["learner_steps_per_s"],
             "lag_mean": sum(lags) / max(len(lags), 1), "lag_max": max(lags or [0]),
             "learner_wait": p["consumer_wait_frac"], "actors_wait": p["producer_wait_frac"],
@@ -111,6 +145,8 @@ def main():
     parser.add_argument("--disc-network", default="small", choices=["tiny", "small", "full"])
     parser.add_argument("--episode-length", type=int, default=20)
     parser.add_argument("--envs-per-actor", type=int, default=8)
+    parser.add_argument("--modes", default="train,drain",
+                        help="train (the whole system learning) and/or drain (the runtime alone)")
     parser.add_argument("--write-results", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,22 +160,25 @@ def main():
     if child.returncode:
         raise SystemExit(child.stderr[-3000:])
     bare = json.loads(child.stdout.strip().splitlines()[-1])["bare_steps_per_s"]
-    rows = [system_run(args, int(n)) for n in args.actors.split(",")]
+    modes = args.modes.split(",")
+    if set(modes) - {"train", "drain"}:
+        raise SystemExit(f"--modes: {args.modes!r}; give train, drain or train,drain.")
+    rows = [system_run(args, int(n), mode) for mode in modes for n in args.actors.split(",")]
 
-    cpu = _cpu_name()
+    cpu = results_md.cpu_name()
     lines = [
         f"Machine: {cpu}, {os.cpu_count()} cores; {datetime.date.today()}; network {args.network}, "
         f"discriminator {args.disc_network}, {args.envs_per_actor} envs/actor, episode "
         f"{args.episode_length}; system runs of {args.seconds:.0f} s (rates over the last 30 s).",
         f"Bare loop (one process, single-threaded XLA): {bare:,.0f} agent steps/s.",
         "",
-        "| actors | system actor steps/s | vs N × bare | learner steps/s | lag mean / max | "
+        "| learners | actors | system actor steps/s | vs N × bare | learner steps/s | lag mean / max | "
         "learner waits | actors wait | dropped | object store peak | spilled |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['actors']} | {r['actor_steps_per_s']:,.0f} | "
+            f"| {MODE_LABELS[r['mode']]} | {r['actors']} | {r['actor_steps_per_s']:,.0f} | "
             f"{r['actor_steps_per_s'] / (r['actors'] * bare):.0%} | {r['learner_steps_per_s']:,.0f} | "
             f"{r['lag_mean']:.1f} / {r['lag_max']:.0f} | {r['learner_wait']:.0%} | "
             f"{r['actors_wait']:.0%} | {r['dropped']} | {r['store_peak_mib']} MiB | "
@@ -149,27 +188,7 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.write_results:
-        _write_section("system_throughput", table)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _write_section(name: str, body: str):
-    path = REPO / "benchmarks" / "RESULTS.md"
-    text = path.read_text()
-    header = f"## {name} (benchmarks/{name}.py)"
-    start = text.index(header)
-    end = text.find("\n## ", start + len(header))
-    end = len(text) if end < 0 else end
-    path.write_text(text[:start] + header + "\n\n" + body + "\n" + text[end:])
+        results_md.write_section("system_throughput", table)
 
 
 if __name__ == "__main__":

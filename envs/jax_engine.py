@@ -34,7 +34,6 @@ The conditional ``dataset`` is shared by the batch as uint8 levels [N, ow, ow, C
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Mapping, NamedTuple, Optional, Union
 

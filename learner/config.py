@@ -7,7 +7,6 @@ here: the launcher builds these from its flags and passes them down.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import jax.numpy as jnp
 

@@ -205,7 +205,7 @@ def test_large_canvas_observation_is_the_exact_area_average():
     env = PaintEnv(canvas_width=128, seed=2)
     env.reset()
     for a in random_actions(env, 10, seed=6):
-        ts = env.step(a)
+        env.step(a)
     full = env.full_canvas().astype(np.float64)
     average = full.reshape(64, 2, 64, 2, 1).mean(axis=(1, 3))
     np.testing.assert_array_equal(env.canvas_uint8(), np.rint(average * 255).astype(np.uint8))

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, skip_unless
 from spiral.actors import checkpointing, driver
 from spiral.envs import Program, observe_canvas, render_program
-from spiral.evaluation import (EVAL_LOG, checkpoint_metrics, heldout_images, l2_distances,
+from spiral.evaluation import (checkpoint_metrics, heldout_images, l2_distances,
                                load_checkpoint, load_policy, read_eval_log)
 from spiral.evaluation.checkpoint import check_params
 from spiral.evaluation.report import evaluate_checkpoint

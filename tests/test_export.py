@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from spiral.envs import PaintConfig, PaintEnv, Program, observe_canvas, render_program
+from spiral.envs import PaintConfig, Program, observe_canvas, render_program
 from spiral.evaluation import export, painting
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -1,6 +1,5 @@
 """The launch scripts and their flags: help, presets, and clear errors before anything starts."""
 
-import os
 import subprocess
 import sys
 
