@@ -416,15 +416,7 @@ class _Driver:
         policy, disc = last["policy"], last["disc"]
         if not np.isfinite(values["mean_episode_return"]) and "mean_reward_per_unroll" in policy:
             values["mean_episode_return"] = policy["mean_reward_per_unroll"]  # rewards_on=learner
-        for key in ("total_loss", "pg_loss", "baseline_loss", "entropy", "grad_norm",
-                    "mean_rho", "clipped_rho_fraction", "value_mse", "skipped_updates",
-                    "learner_update_seconds"):
-            if key in policy:
-                values[key] = policy[key]
-        for key, value in disc.items():
-            values["d_" + key] = value
-        values["d_real"] = disc.get("critic_real", float("nan"))
-        values["d_fake"] = disc.get("critic_fake", float("nan"))
+        values.update(monitoring.learner_values(policy, disc, ("learner_update_seconds",)))
         return values
 
     def _log_samples(self, monitor, trajectory):

@@ -614,14 +614,6 @@ def _progress_values(counters, rates, returns, last) -> dict:
         "learner_steps_per_s": steps_per_s,
         "mean_episode_return": float(np.mean(returns)) if returns else float("nan"),
     }
-    policy, disc = last["policy"], last["disc"]
-    for key in ("total_loss", "pg_loss", "baseline_loss", "entropy", "grad_norm", "mean_rho",
-                "clipped_rho_fraction", "value_mse", "skipped_updates", "policy_lag_mean",
-                "policy_lag_max"):
-        if key in policy:
-            values[key] = policy[key]
-    for key, value in disc.items():
-        values["d_" + key] = value
-    values["d_real"] = disc.get("critic_real", float("nan"))
-    values["d_fake"] = disc.get("critic_fake", float("nan"))
+    values.update(monitoring.learner_values(last["policy"], last["disc"],
+                                            ("policy_lag_mean", "policy_lag_max")))
     return values

@@ -54,6 +54,22 @@ _LINE = (
 )
 
 
+POLICY_PROGRESS_KEYS = ("total_loss", "pg_loss", "baseline_loss", "entropy", "grad_norm", "mean_rho",
+                        "clipped_rho_fraction", "value_mse", "skipped_updates")
+
+
+def learner_values(policy: Mapping[str, float], disc: Mapping[str, float],
+                   extra_policy_keys: tuple[str, ...] = ()) -> dict:
+    """The progress values the two learners' latest metrics give (the same in every runtime):
+    the policy's by name, the discriminator's as ``d_<name>``, with ``d_real``/``d_fake`` always
+    present (NaN before the first discriminator update)."""
+    values = {k: policy[k] for k in POLICY_PROGRESS_KEYS + extra_policy_keys if k in policy}
+    values.update({"d_" + key: value for key, value in disc.items()})
+    values["d_real"] = disc.get("critic_real", float("nan"))
+    values["d_fake"] = disc.get("critic_fake", float("nan"))
+    return values
+
+
 def progress_line(values: Mapping[str, float], elapsed_s: float) -> str:
     hours, rest = divmod(int(elapsed_s), 3600)
     parts = [f"[{hours:02d}:{rest // 60:02d}:{rest % 60:02d}]"]

@@ -113,6 +113,18 @@ def test_monitor_prints_at_most_once_per_interval(tmp_path):
     assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard event file written"
 
 
+
+def test_learner_values_name_the_two_learners_metrics():
+    policy = {"pg_loss": 1.5, "entropy": 3.0, "learner_update_seconds": 0.2, "unlisted": 9.0}
+    before_disc = monitoring.learner_values(policy, {})
+    assert before_disc["pg_loss"] == 1.5 and before_disc["entropy"] == 3.0
+    assert "unlisted" not in before_disc and "learner_update_seconds" not in before_disc
+    assert np.isnan(before_disc["d_real"]) and np.isnan(before_disc["d_fake"])
+    values = monitoring.learner_values(policy, {"critic_real": 2.0, "critic_fake": -1.0, "loss": 0.5},
+                                       extra_policy_keys=("learner_update_seconds",))
+    assert values["learner_update_seconds"] == 0.2
+    assert (values["d_real"], values["d_fake"], values["d_loss"]) == (2.0, -1.0, 0.5)
+
 def test_an_actor_that_keeps_failing_stops_the_run():
     failures = []
     be, clock, objs, q = _queue(num_actors=1, capacity=1, fail_on=set(range(1, 100)),
