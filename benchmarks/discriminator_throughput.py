@@ -104,7 +104,6 @@ def update_part(quick: bool) -> None:
 
 def reward_part(quick: bool) -> None:
     """Runs pinned to one core; XLA_FLAGS must have been set before JAX was imported."""
-    import jax
     import numpy as np
 
     from spiral.discriminator import DiscriminatorLearner, make_reward_fn, put_weights
