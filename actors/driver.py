@@ -165,18 +165,24 @@ def _check_resumable(saved: dict, config) -> None:
                          f"--checkpoint_dir to start afresh.")
 
 
-def train(config) -> dict:
-    """Run one experiment to its budget; returns the final counters and last metrics."""
+def train(config, policy_learner_worker: type = PolicyLearnerWorker) -> dict:
+    """Run one experiment to its budget; returns the final counters and last metrics.
+
+    ``policy_learner_worker``: the class the Ray and local runtimes make their policy learner from
+    (``benchmarks/system_throughput.py`` passes one that only drains batches, to time the runtime
+    alone); the fused runtime has no separate learner and ignores it.
+    """
     if config.runtime.runtime == "fused":
         from spiral.actors import fused  # pylint: disable=import-outside-toplevel
         return fused.train(config)
-    return _Driver(config).run()
+    return _Driver(config, policy_learner_worker).run()
 
 
 class _Driver:
 
-    def __init__(self, config):
+    def __init__(self, config, policy_learner_worker: type = PolicyLearnerWorker):
         self.config = config
+        self.policy_learner_worker = policy_learner_worker
         rt = config.runtime
         self.backend = make_backend(rt.runtime)
         if rt.runtime == "ray":
@@ -210,7 +216,7 @@ class _Driver:
             self.disc = be.create(DiscriminatorWorker, config, self.param_server, [be.put(images)],
                                   rt.runtime, num_cpus=learner_cpu, num_gpus=disc_gpu,
                                   runtime_env={"env_vars": _learner_env(disc_gpu)})
-        self.learner = be.create(PolicyLearnerWorker, config, self.param_server, rt.runtime,
+        self.learner = be.create(self.policy_learner_worker, config, self.param_server, rt.runtime,
                                  num_cpus=learner_cpu, num_gpus=policy_gpu,
                                  runtime_env={"env_vars": _learner_env(policy_gpu)})
         self.actors = [

@@ -44,7 +44,6 @@ from spiral.envs.engines import make_engine
 from results_md import RESULTS, machine, write_section
 
 
-
 def random_mix(config: PaintConfig, n: int, seed: int = 0):
     """SPIRAL's random-action mix as a list of action dicts (plain ints)."""
     rng = np.random.default_rng(seed)

@@ -37,5 +37,5 @@ def write_section(name: str, body: str) -> None:
         raise SystemExit(f"{RESULTS} has no '{heading}' section; add the heading, then rerun.")
     start = text.index(heading)
     end = text.find("\n## ", start + len(heading))
-    end = len(text) if end < 0 else end + 1
-    RESULTS.write_text(text[:start] + heading + "\n\n" + body.strip() + "\n\n" + text[end:])
+    rest = "" if end < 0 else "\n" + text[end + 1:]  # the next section, after one blank line
+    RESULTS.write_text(text[:start] + heading + "\n\n" + body.strip() + "\n" + rest)

@@ -87,11 +87,13 @@ def draining_learner_class():
     from spiral.actors.workers import POLICY, PolicyLearnerWorker, concat_trajectories
 
     class DrainingPolicyLearner(PolicyLearnerWorker):
-        def publish(self) -> int:
-            self._drained = getattr(self, "_drained", 0)
-            if not hasattr(self, "_host_params"):
-                self._host_params = jax.device_get(self.learner.params)
-            self._params.publish.remote(POLICY, self._drained, [self._backend.put(self._host_params)])
+        def __init__(self, *args):
+            self._drained = 0  # set first: the base constructor publishes version 0
+            super().__init__(*args)
+
+        def publish(self) -> int:  # as the base class, with the drained count as the version
+            params = jax.device_get(self.learner.params)
+            self._params.publish.remote(POLICY, self._drained, [self._backend.put(params)])
             return self._drained
 
         def update(self, *trajectories) -> dict:
@@ -106,23 +108,21 @@ def draining_learner_class():
 def system_run(args, actors: int, mode: str) -> dict:
     import ray
     from spiral.actors import driver
+    from spiral.actors.workers import PolicyLearnerWorker
     from spiral.launch import flags as launch_flags
     run_dir = tempfile.mkdtemp(prefix="spiral_system_")
     values = _values(args, run_dir, "ray", actors, args.seconds / 60)
     if mode == "drain":
         values["disc_updates_per_policy_update"] = 0.0
     config = launch_flags.config_from_values(values)
-    learner_class = driver.PolicyLearnerWorker
-    if mode == "drain":  # the driver creates its policy learner from this module-level name
-        driver.PolicyLearnerWorker = draining_learner_class()
+    learner_class = draining_learner_class() if mode == "drain" else PolicyLearnerWorker
     ray.init(num_cpus=config.runtime.ray_num_cpus, include_dashboard=False, log_to_driver=False)
     store, stop = {"peak_mib": 0, "spilled": False}, threading.Event()
     sampler = threading.Thread(target=_object_store_sampler, args=(stop, store), daemon=True)
     sampler.start()
     try:
-        result = driver.train(config)
+        result = driver.train(config, policy_learner_worker=learner_class)
     finally:
-        driver.PolicyLearnerWorker = learner_class
         stop.set()
         sampler.join()
         ray.shutdown()
