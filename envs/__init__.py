@@ -7,6 +7,7 @@ those canvases are compared with. No learning code lives here, and nothing here 
 Public API:
 
 * ``PaintEnv``: the ``dm_env.Environment`` (engines "numba" (default), "jax", "libmypaint");
+* ``BatchedPaintEnv``: K numba environments stepped in one call, arrays in and out (actors);
 * ``PaintConfig``: its options as a frozen dataclass (static config of the batched JAX engine);
 * ``Program``, ``Stroke``, ``Jump``, ``render_program``: an episode's strokes, JSON, replay;
 * ``observe_canvas``: the agent's ow×ow quantised view of a full-resolution canvas (ow = 64 by default);
@@ -15,8 +16,9 @@ Public API:
 * ``spiral.envs.specs``: the action/observation contract; ``spiral.envs.stroke``: the brush spec.
 """
 
+from spiral.envs.batched import BatchedPaintEnv
 from spiral.envs.config import PaintConfig
 from spiral.envs.paint_env import PaintEnv, observe_canvas
 from spiral.envs.program import Jump, Program, Stroke, render_program
 
-__all__ = ["PaintConfig", "PaintEnv", "observe_canvas", "Program", "Stroke", "Jump", "render_program"]
+__all__ = ["BatchedPaintEnv", "PaintConfig", "PaintEnv", "observe_canvas", "Program", "Stroke", "Jump", "render_program"]

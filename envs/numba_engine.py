@@ -394,7 +394,8 @@ class NumbaCanvas:
         self.carry, self.last_dab_count = render_stroke(
             self.canvas, self._transmittance, F32(start[0]), F32(start[1]), F32(control[0]),
             F32(control[1]), F32(end[0]), F32(end[1]), F32(p0), F32(p1), r_a, spacing, inv_spacing,
-            offset_scale, np.asarray(color, np.float32), np.uint64(key), self.carry, self._weights)
+            offset_scale, np.asarray(color, np.float32), np.uint64(key), F32(self.carry),
+            self._weights)
 
     def observe(self, out_u8: np.ndarray, out_f32: np.ndarray):
         observe(self.canvas, out_u8, out_f32)
