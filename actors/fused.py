@@ -63,7 +63,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from spiral.actors import checkpointing, driver, monitoring
 from spiral.actors.acting import reward_mode
-from spiral.discriminator import final_rewards, l2_distance
 from spiral.discriminator import learning as disc_learning
 from spiral.discriminator.config import IMAGE_SIZE
 from spiral.discriminator.reward import episode_rewards
@@ -285,10 +284,8 @@ def make_parts(config) -> FusedParts:
 
 def _episode_rewards(config, mode, disc_weights, canvases, targets):
     """[T, B] rewards of episodes' canvases [T+1, B, ...], as ``EpisodeRunner.unroll`` computes them."""
-    num_steps = canvases.shape[0] - 1
-    if mode == "l2":   # any observation width (the discriminator's scorer wants 64)
-        return final_rewards(-l2_distance(canvases[-1], targets), num_steps)
-    return episode_rewards(disc_weights, canvases, targets, config=config.discriminator, mode=mode)
+    return episode_rewards(disc_weights, canvases, targets, config=config.discriminator, mode=mode,
+                           normalise_l2=config.normalise_l2)
 
 
 def make_fused_step(config, num_devices: int = 1, *, disc_updates: Optional[int] = None,

@@ -20,13 +20,13 @@ from spiral.discriminator.learning import (DiscriminatorLearner, DiscriminatorSt
 from spiral.discriminator.networks import critic_forward, init_critic, normalized_weights
 from spiral.discriminator.replay import Replay
 from spiral.discriminator.reward import (REWARD_MODES, canvas_scores, episode_rewards, final_rewards,
-                                         l2_distance, make_episode_reward_fn, make_reward_fn,
-                                         put_weights, tca_rewards)
+                                         l2_distance, l2_rewards, make_episode_reward_fn,
+                                         make_reward_fn, put_weights, tca_rewards)
 
 __all__ = [
     "DiscriminatorConfig", "DiscriminatorLearner", "DiscriminatorState", "REWARD_MODES", "Replay",
     "canvas_scores", "check_images", "critic_forward", "critic_input", "episode_rewards",
-    "final_rewards", "half_masks", "init_critic", "init_state", "l2_distance",
+    "final_rewards", "half_masks", "init_critic", "init_state", "l2_distance", "l2_rewards",
     "make_episode_reward_fn", "make_reward_fn", "make_update_step", "normalized_weights",
     "put_weights", "random_half_masks", "scoring_weights", "tca_rewards",
 ]

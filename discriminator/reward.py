@@ -15,7 +15,11 @@ Canvases are uint8 0..255 or float32 in [0, 1].
   (blank) canvas, which no action changes, so the return differs from SPIRAL's by a constant per
   target.
 * ``l2_rewards`` (conditional baseline): −‖c_T − target‖², summed over pixels and channels, at the
-  last step; 0 before.
+  last step; 0 before (mode "l2"). Normalised (the default of the runs) it is divided by the blank
+  canvas's distance ‖c_0 − target‖²: −1 for a blank canvas, 0 for a perfect copy, whatever the
+  target's ink or the image width. With ``per_step`` (mode "l2_tca") each action earns the
+  distance it removed, d_{t−1} − d_t; the sum over an episode is d_0 − d_T, the final reward plus
+  a constant per target, as for TCA.
 * ``episode_rewards``: one entry point, [T+1, B, ...] canvases → [T, B] rewards, for each mode.
 
 Time convention: ``canvases[0]`` is the canvas at reset, ``canvases[t]`` the canvas after the t-th
@@ -35,7 +39,8 @@ from spiral.discriminator import inputs as inputs_lib
 from spiral.discriminator import networks
 from spiral.discriminator.config import DiscriminatorConfig
 
-REWARD_MODES = ("final", "tca", "l2")
+REWARD_MODES = ("final", "tca", "l2", "l2_tca")
+L2_MODES = ("l2", "l2_tca")
 
 
 def canvas_scores(weights: networks.Params, canvases, targets=None, *,
@@ -82,12 +87,30 @@ def l2_distance(canvases, targets) -> jax.Array:
     return jnp.sum(difference * difference, axis=(1, 2, 3))
 
 
-def episode_rewards(weights: Optional[networks.Params], canvases, targets=None, *,
-                    config: DiscriminatorConfig, mode: str = "final") -> jax.Array:
-    """Per-step rewards [T, B] for an episode's canvases [T+1, B, 64, 64, C] (targets [B, ...]).
+def l2_rewards(canvases, targets, *, per_step: bool = False, normalise: bool = True) -> jax.Array:
+    """The L2 baseline's rewards [T, B] from an episode's canvases [T+1, B, W, W, C] (any width).
 
-    ``mode``: "final" (SPIRAL), "tca" (SPIRAL++), or "l2" (the conditional baseline; needs no
-    weights). Pure and jittable (``config`` and ``mode`` static).
+    ``normalise``: distances are divided by max(‖c_0 − target‖², 1), c_0 being the canvas at reset
+    (a target identical to the blank canvas keeps the raw scale rather than dividing by zero).
+    ``per_step``: r_t = d_{t−1} − d_t (the distance each action removed); else −d_T at the last step.
+    """
+    distances = jax.vmap(l2_distance, in_axes=(0, None))(canvases, targets)   # [T+1, B]
+    if normalise:
+        distances = distances / jnp.maximum(distances[0], 1.0)
+    if per_step:
+        return distances[:-1] - distances[1:]
+    return final_rewards(-distances[-1], canvases.shape[0] - 1)
+
+
+def episode_rewards(weights: Optional[networks.Params], canvases, targets=None, *,
+                    config: DiscriminatorConfig, mode: str = "final",
+                    normalise_l2: bool = True) -> jax.Array:
+    """Per-step rewards [T, B] for an episode's canvases [T+1, B, W, W, C] (targets [B, ...]).
+
+    ``mode``: "final" (SPIRAL), "tca" (SPIRAL++), "l2" or "l2_tca" (the conditional baseline, its
+    final or per-step form, ``normalise_l2`` as ``l2_rewards``; these need no weights and take any
+    width W, the critic's modes W = 64). Pure and jittable (``config``, ``mode``, ``normalise_l2``
+    static).
     """
     if mode not in REWARD_MODES:
         raise ValueError(f"mode must be one of {REWARD_MODES}, got {mode!r}.")
@@ -97,10 +120,10 @@ def episode_rewards(weights: Optional[networks.Params], canvases, targets=None, 
     if steps_plus_one < 2:
         raise ValueError("an episode needs at least the initial canvas and one action's canvas (T+1 >= 2).")
     num_steps = steps_plus_one - 1
-    if mode == "l2":
+    if mode in L2_MODES:
         if targets is None:
             raise ValueError("The L2 reward compares the final canvas with its target: pass targets.")
-        return final_rewards(-l2_distance(canvases[-1], targets), num_steps)
+        return l2_rewards(canvases, targets, per_step=mode == "l2_tca", normalise=normalise_l2)
     if mode == "final":
         return final_rewards(canvas_scores(weights, canvases[-1], targets, config=config), num_steps)
     flat = canvases.reshape((-1,) + canvases.shape[2:])
@@ -139,21 +162,29 @@ def make_reward_fn(config: DiscriminatorConfig, device=None) -> Callable:
     return reward
 
 
-def make_episode_reward_fn(config: DiscriminatorConfig, mode: str = "final", device=None) -> Callable:
+def make_episode_reward_fn(config: DiscriminatorConfig, mode: str = "final", device=None,
+                           normalise_l2: bool = True) -> Callable:
     """``rewards(weights, canvases [T+1, B, ...], targets=None) -> np.ndarray [T, B]``, on CPU.
 
-    ``weights`` may be None for mode "l2".
+    ``weights`` may be None for the L2 modes, which also take canvases of any width.
     """
     if mode not in REWARD_MODES:
         raise ValueError(f"mode must be one of {REWARD_MODES}, got {mode!r}.")
     device = device or _cpu_device()
-    rewards_fn = jax.jit(functools.partial(episode_rewards, config=config, mode=mode))
+    rewards_fn = jax.jit(functools.partial(episode_rewards, config=config, mode=mode,
+                                           normalise_l2=normalise_l2))
 
     def rewards(weights, canvases, targets=None):
-        _check_pair(canvases, targets, config, episode=True)
-        if mode == "l2" and targets is None:
-            raise ValueError("The L2 reward compares the final canvas with its target: pass targets.")
-        if mode != "l2" and weights is None:
+        if mode in L2_MODES:
+            if targets is None:
+                raise ValueError("The L2 reward compares the final canvas with its target: pass targets.")
+            if canvases.ndim != 5 or targets.shape != canvases.shape[1:]:
+                raise ValueError(f"L2 rewards need canvases [T+1, B, W, W, C] and targets [B, W, W, C] "
+                                 f"of the same image shape, got {tuple(canvases.shape)} and "
+                                 f"{tuple(targets.shape)}.")
+        else:
+            _check_pair(canvases, targets, config, episode=True)
+        if mode not in L2_MODES and weights is None:
             raise ValueError(f"mode {mode!r} needs the discriminator's published weights.")
         weights = None if weights is None else put_weights(weights, device)
         return np.asarray(rewards_fn(weights, jax.device_put(canvases, device),

@@ -138,7 +138,10 @@ class ExperimentConfig:
       data_dir: where the datasets live (None: $SPIRAL_DATA_DIR, else the per-user cache).
       dataset_limit: use only the first N training images (0: all), for quick runs.
       reward: "discriminator" (SPIRAL) or "l2" (the conditional baseline −‖canvas − target‖²).
-      temporal_credit_assignment: SPIRAL++'s per-step reward D(c_t) − D(c_{t−1}).
+      normalise_l2: divide the L2 reward by the blank canvas's distance to the target (blank −1,
+        perfect copy 0), so its scale does not depend on the target's ink or the image width.
+      temporal_credit_assignment: per-step rewards that sum to the final one: SPIRAL++'s
+        D(c_t) − D(c_{t−1}) for the discriminator, the distance removed by each action for L2.
       new_stroke_penalty: reward added for each paint step that starts a new continuous stroke
         (after a jump or reset); SPIRAL used a small negative value on MNIST (magnitude unpublished).
       blank_penalty: reward added at the last step of an episode that painted nothing.
@@ -148,6 +151,7 @@ class ExperimentConfig:
     data_dir: Optional[str] = None
     dataset_limit: int = 0
     reward: str = "discriminator"
+    normalise_l2: bool = True
     temporal_credit_assignment: bool = False
     new_stroke_penalty: float = 0.0
     blank_penalty: float = 0.0
@@ -167,12 +171,10 @@ class ExperimentConfig:
         env, agent, disc = self.env, self.agent, self.discriminator
         if self.reward == "l2" and not env.conditional:
             raise ValueError("--reward=l2 compares the canvas with a target: it needs --conditional.")
-        if self.reward == "l2" and self.temporal_credit_assignment:
-            raise ValueError("--temporal_credit_assignment applies to the discriminator reward; "
-                             "drop it with --reward=l2.")
         if env.l2_reward:
             raise ValueError("Set the L2 reward with ExperimentConfig.reward='l2', not "
                              "PaintConfig.l2_reward: the actors compute every reward.")
+        self.policy.check_entropy_keys(agent.action_keys)
         if disc.complement and not env.conditional:
             raise ValueError("--complement_discriminator needs --conditional (it masks halves of the "
                              "target).")

@@ -75,7 +75,9 @@ def _define(p: dict, fv: flags.FlagValues) -> None:
         flag_values=fv)
     flags.DEFINE_enum("reward", "discriminator", REWARDS, "discriminator (SPIRAL) or l2 (conditional baseline).",
         flag_values=fv)
-    flags.DEFINE_boolean("temporal_credit_assignment", False, "SPIRAL++ per-step reward D(c_t) - D(c_t-1).",
+    flags.DEFINE_boolean("normalise_l2", True, "L2 reward divided by the blank canvas's distance to the target (blank -1, copy 0).",
+        flag_values=fv)
+    flags.DEFINE_boolean("temporal_credit_assignment", False, "Per-step rewards summing to the final one: SPIRAL++'s D(c_t) - D(c_t-1); for L2 the distance each stroke removed.",
         flag_values=fv)
     flags.DEFINE_float("new_stroke_penalty", 0.0, "Reward for each paint step that starts a new stroke (e.g. -0.01).",
         flag_values=fv)
@@ -102,6 +104,15 @@ def _define(p: dict, fv: flags.FlagValues) -> None:
     flags.DEFINE_float("learning_rate", 1e-4, "Policy Adam learning rate (SPIRAL: 1e-5 .. 3e-4).",
         flag_values=fv)
     flags.DEFINE_float("entropy_cost", 1e-2, "Entropy bonus weight (SPIRAL: 2e-3 .. 1e-1).",
+        flag_values=fv)
+    flags.DEFINE_list("entropy_weights", [], "Per-key entropy weights as key:weight (e.g. flag:100); unnamed keys weigh 1.",
+        flag_values=fv)
+    flags.DEFINE_boolean("entropy_normalise", False, "Divide each key's entropy by log(its number of values).",
+        flag_values=fv)
+    flags.DEFINE_enum("value_normalisation", "none", ["none", "popart", "running"],
+                      "How the value head follows the reward's scale: PopArt, running target "
+                      "normalisation, or none.", flag_values=fv)
+    flags.DEFINE_float("value_stats_step", 1e-2, "Step size of the value normalisation's running statistics.",
         flag_values=fv)
     flags.DEFINE_enum("learner_transposed_conv", "depth_to_space", ["direct", "depth_to_space"],
                       "Form of the location decoder's transposed convolutions in the learner (same "
@@ -178,6 +189,21 @@ def _run_dir(values: dict[str, Any]) -> str:
     return os.path.join("runs", f"{values['dataset']}-{stamp}")
 
 
+def parse_entropy_weights(items) -> tuple[tuple[str, float], ...]:
+    """["flag:100", "end:2"] (the --entropy_weights list) -> (("flag", 100.0), ("end", 2.0))."""
+    pairs = []
+    for item in items or ():
+        key, sep, weight = str(item).partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            pairs.append((key.strip(), float(weight)))
+        except ValueError:
+            raise ValueError(f"--entropy_weights takes key:weight items (e.g. flag:100,end:1), got "
+                             f"{item!r}.") from None
+    return tuple(pairs)
+
+
 def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
     """Build and check the config from flag values (a dict: testable without absl)."""
     if values["complement_discriminator"] and not values["conditional"]:
@@ -196,6 +222,10 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
                         conditional=env.conditional, **AGENT_SIZES[values["network"]])
     policy = PolicyLearnerConfig(learning_rate=values["learning_rate"],
                                  entropy_cost=values["entropy_cost"],
+                                 entropy_weights=parse_entropy_weights(values["entropy_weights"]),
+                                 entropy_normalise=values["entropy_normalise"],
+                                 value_normalisation=values["value_normalisation"],
+                                 value_stats_step=values["value_stats_step"],
                                  compute_dtype=values["compute_dtype"],
                                  transposed_conv=values["learner_transposed_conv"])
     disc = DiscriminatorConfig(loss=values["discriminator_loss"], image_channels=env.channels,
@@ -223,6 +253,7 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
         image_every_updates=values["image_every_updates"])
     return ExperimentConfig(dataset=values["dataset"], data_dir=values["data_dir"],
                             dataset_limit=values["dataset_limit"], reward=values["reward"],
+                            normalise_l2=values["normalise_l2"],
                             temporal_credit_assignment=values["temporal_credit_assignment"],
                             new_stroke_penalty=values["new_stroke_penalty"],
                             blank_penalty=values["blank_penalty"],

@@ -18,8 +18,8 @@ Public API:
 
 from spiral.learner.agent import Agent, AgentOutput, UnrollOutput, count_params
 from spiral.learner.config import AgentConfig, PolicyLearnerConfig
-from spiral.learner.learning import (Hyperparams, LearnerState, PolicyLearner, init_learner_state,
-                                     make_optimizer, make_update_step)
+from spiral.learner.learning import (Hyperparams, LearnerState, PolicyLearner, ValueStats,
+                                     init_learner_state, make_optimizer, make_update_step)
 from spiral.learner.types import (FIRST, LAST, MID, AgentState, LSTMState, Observation,
                                   Trajectory, batch_to_time_major, check_trajectory,
                                   observation_to_record, stack_trajectories, zero_agent_state,
@@ -29,7 +29,7 @@ from spiral.learner.vtrace import VTraceReturns, vtrace
 __all__ = [
     "Agent", "AgentConfig", "AgentOutput", "AgentState", "FIRST", "Hyperparams", "LAST",
     "LSTMState", "LearnerState", "MID", "Observation", "PolicyLearner", "PolicyLearnerConfig",
-    "Trajectory", "UnrollOutput", "VTraceReturns", "batch_to_time_major", "check_trajectory",
+    "Trajectory", "UnrollOutput", "VTraceReturns", "ValueStats", "batch_to_time_major", "check_trajectory",
     "count_params", "init_learner_state", "make_optimizer", "make_update_step",
     "observation_to_record", "stack_trajectories", "vtrace", "zero_agent_state",
     "zero_trajectory",

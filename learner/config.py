@@ -14,6 +14,7 @@ from spiral.envs import specs
 
 _COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TRANSPOSED_CONV_IMPLS = ("direct", "depth_to_space")
+VALUE_NORMALISATIONS = ("none", "popart", "running")
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -113,6 +114,17 @@ class PolicyLearnerConfig:
 
     ``learning_rate`` and ``entropy_cost`` are only initial values: they live in the learner state
     so population-based training can change them without recompiling.
+
+    ``entropy_weights``: (key, weight) pairs multiplying each sub-action's entropy in the bonus
+    (keys not named weigh 1); with ``entropy_normalise`` each key's entropy is first divided by
+    log(number of values), so every key's term lies in [0, weight].
+
+    ``value_normalisation``: how the value head follows the reward's scale (``spiral.learner.losses``):
+    "popart" (running mean/std of the V-trace targets; the value head's last layer is rescaled
+    when they change, so its outputs in reward units are preserved), "running" (the same
+    statistics normalise the targets and advantages, but the value head is not rescaled: plain
+    adaptive target normalisation) or "none". ``value_stats_step`` is the statistics' step size β
+    (an exact average over the first 1/β updates, then an exponential one).
     """
 
     learning_rate: float = 1e-4       # SPIRAL's PBT range: log-uniform [1e-5, 3e-4]
@@ -128,8 +140,35 @@ class PolicyLearnerConfig:
     clip_c_threshold: float = 1.0     # c̄ (IMPALA); 1.0 as scalable_agent and rlax fix it
     compute_dtype: str = "float32"    # "float32" or "bfloat16"; parameters stay float32
     transposed_conv: str = "direct"   # "direct" or "depth_to_space" (same function and parameters)
+    entropy_weights: tuple[tuple[str, float], ...] = ()
+    entropy_normalise: bool = False
+    value_normalisation: str = "none"
+    value_stats_step: float = 1e-2     # β of the value normalisation's running statistics
+    value_std_min: float = 1e-4        # σ is kept >= this (a constant return has σ = 0)
 
     def __post_init__(self):
+        weights = self.entropy_weights
+        if isinstance(weights, dict):
+            weights = tuple(weights.items())
+        try:
+            weights = tuple((str(k), float(w)) for k, w in weights)
+        except (TypeError, ValueError):
+            raise ValueError(f"entropy_weights must be (key, weight) pairs, got {self.entropy_weights!r}."
+                             ) from None
+        object.__setattr__(self, "entropy_weights", weights)
+        keys = [k for k, _ in weights]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"entropy_weights names a key twice: {keys}.")
+        for k, w in weights:
+            if not (w >= 0 and w < float("inf")):
+                raise ValueError(f"entropy weight of {k!r} must be a finite number >= 0, got {w}.")
+        if self.value_normalisation not in VALUE_NORMALISATIONS:
+            raise ValueError(f"value_normalisation must be one of {VALUE_NORMALISATIONS}, got "
+                             f"{self.value_normalisation!r}.")
+        if not 0 < self.value_stats_step <= 1:
+            raise ValueError(f"value_stats_step must be in (0, 1], got {self.value_stats_step}.")
+        if not self.value_std_min > 0:
+            raise ValueError(f"value_std_min must be > 0, got {self.value_std_min}.")
         if self.compute_dtype not in _COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {sorted(_COMPUTE_DTYPES)}, "
                              f"got {self.compute_dtype!r}.")
@@ -137,8 +176,8 @@ class PolicyLearnerConfig:
             raise ValueError(f"transposed_conv must be one of {TRANSPOSED_CONV_IMPLS}, "
                              f"got {self.transposed_conv!r}.")
         for name in ("learning_rate", "entropy_cost", "baseline_cost"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}.")
         if not 0.0 <= self.discount <= 1.0:
             raise ValueError(f"discount must be in [0, 1], got {self.discount}.")
         for name in ("max_grad_norm", "clip_rho_threshold", "clip_pg_rho_threshold",
@@ -149,6 +188,13 @@ class PolicyLearnerConfig:
     @property
     def dtype(self):
         return _COMPUTE_DTYPES[self.compute_dtype]
+
+    def check_entropy_keys(self, action_keys) -> None:
+        """``ValueError`` if ``entropy_weights`` names a key the action space does not have."""
+        unknown = sorted(set(k for k, _ in self.entropy_weights) - set(action_keys))
+        if unknown:
+            raise ValueError(f"entropy_weights names {unknown}, which the action space does not "
+                             f"have; its keys are {list(action_keys)}.")
 
 
 def compute_dtype_for(name: str):

@@ -7,9 +7,15 @@ batches and checkpoints (orbax). Ray wraps ``PolicyLearner`` elsewhere; nothing 
 
 The update (SPIRAL.md §5): teacher-forced logits and values, V-trace with the batch's rewards,
 loss = policy gradient + 0.5 × baseline + entropy_cost × (−entropy) (``spiral.learner.losses``),
-global-norm clip 40, Adam(β1 0.5, β2 0.999, ε 1e-8). A step whose loss or gradients are not
-finite is refused inside the jitted function: parameters and optimiser state are kept (a select,
-not a branch), ``skipped_updates`` counts it and the metrics report ``update_applied = 0``.
+global-norm clip 40, Adam(β1 0.5, β2 0.999, ε 1e-8). A step whose loss, gradients or new
+parameters are not finite is refused inside the jitted function: parameters and optimiser state
+are kept (a select, not a branch), ``skipped_updates`` counts it and the metrics report
+``update_applied = 0``.
+
+Value normalisation (``PolicyLearnerConfig.value_normalisation``): ``ValueStats`` holds the
+running first and second moments of the V-trace targets; after each update they move towards the
+batch's, and with PopArt the value head's last layer is rescaled so that σ'·ṽ' + μ' = σ·ṽ + μ
+(van Hasselt et al. 2016, "Preserving Outputs Precisely").
 """
 
 from __future__ import annotations
@@ -41,6 +47,13 @@ class Hyperparams(NamedTuple):
     entropy_cost: Array   # float32 []
 
 
+class ValueStats(NamedTuple):
+    """Running moments of the V-trace targets (reward units) that normalise the value head."""
+    mean: Array             # float32 []: μ
+    mean_squared: Array     # float32 []: ν; σ = sqrt(ν − μ²)
+    count: Array            # float32 []: updates averaged so far (exact average while < 1/β)
+
+
 class LearnerState(NamedTuple):
     params: Any             # the agent's parameter pytree (float32)
     opt_state: Any          # Adam's state over the parameters raveled into one flat vector
@@ -48,6 +61,54 @@ class LearnerState(NamedTuple):
     rng: Array              # uint32 [2]: the learner's key; the update itself draws no randomness
     skipped_updates: Array  # int32 []: updates refused for a non-finite loss or gradient
     hyperparams: Hyperparams
+    value_stats: ValueStats
+
+
+def initial_value_stats() -> ValueStats:
+    """μ = 0, σ = 1: the identity, until the first update's targets arrive."""
+    return ValueStats(jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32),
+                      jnp.zeros((), jnp.float32))
+
+
+def value_scale(stats: ValueStats, config: PolicyLearnerConfig) -> losses.ValueScale:
+    """(μ, σ) for the loss; the identity when ``value_normalisation`` is "none"."""
+    if config.value_normalisation == "none":
+        return losses.ValueScale(jnp.float32(0.0), jnp.float32(1.0))
+    variance = jnp.maximum(stats.mean_squared - stats.mean ** 2, 0.0)
+    return losses.ValueScale(stats.mean, jnp.maximum(jnp.sqrt(variance), config.value_std_min))
+
+
+def update_value_stats(stats: ValueStats, batch_mean: Array, batch_mean_squared: Array,
+                       step_size: float) -> ValueStats:
+    """Moves (μ, ν) towards the batch's moments by max(β, 1/(count+1)): the exact average of the
+    first 1/β batches (no bias towards the initial μ = 0, σ = 1), then an exponential average."""
+    rate = jnp.maximum(jnp.float32(step_size), 1.0 / (stats.count + 1.0))
+    return ValueStats(stats.mean + rate * (batch_mean - stats.mean),
+                      stats.mean_squared + rate * (batch_mean_squared - stats.mean_squared),
+                      stats.count + 1.0)
+
+
+def episode_return_stats(reward: Array, discount: Array, valid: Array) -> ValueStats:
+    """Moments of the rewards-to-go Σ_{s≥t} (Π discount) r_s over the valid steps of time-major
+    [T, B] whole-episode unrolls: the statistics the first update normalises with, so that even
+    the first step sees targets of unit scale (count stays 0: the first update's V-trace targets
+    then replace them)."""
+    def backwards(carry, x):
+        r, d = x
+        carry = r + d * carry
+        return carry, carry
+    _, to_go = jax.lax.scan(backwards, jnp.zeros_like(reward[0]), (reward, discount), reverse=True)
+    count = jnp.maximum(jnp.sum(valid), 1.0)
+    return ValueStats(jnp.sum(valid * to_go) / count, jnp.sum(valid * to_go ** 2) / count,
+                      jnp.zeros((), jnp.float32))
+
+
+def preserve_value_outputs(value_params: dict, old: losses.ValueScale,
+                           new: losses.ValueScale) -> dict:
+    """PopArt's POP: rescale the value head's Dense(1) so σ_new·ṽ_new + μ_new = σ_old·ṽ_old + μ_old
+    for every input: W' = W·σ_old/σ_new, b' = (σ_old·b + μ_old − μ_new)/σ_new."""
+    return {"kernel": value_params["kernel"] * (old.std / new.std),
+            "bias": (old.std * value_params["bias"] + old.mean - new.mean) / new.std}
 
 
 def make_optimizer(config: PolicyLearnerConfig) -> optax.GradientTransformation:
@@ -73,7 +134,8 @@ def init_learner_state(agent: Agent, config: PolicyLearnerConfig, rng: Array,
         rng=learner_rng,
         skipped_updates=jnp.zeros((), jnp.int32),
         hyperparams=Hyperparams(jnp.asarray(config.learning_rate, jnp.float32),
-                                jnp.asarray(config.entropy_cost, jnp.float32)))
+                                jnp.asarray(config.entropy_cost, jnp.float32)),
+        value_stats=initial_value_stats())
 
 
 def make_update_step(agent: Agent, config: PolicyLearnerConfig
@@ -86,8 +148,11 @@ def make_update_step(agent: Agent, config: PolicyLearnerConfig
     call: inside one ``jit`` XLA cancels that transpose against the update's own.
     """
     optimizer = make_optimizer(config)
+    config.check_entropy_keys(agent.action_keys)
+    entropy_weights = dict(config.entropy_weights)
+    entropy_sizes = agent.config.action_sizes if config.entropy_normalise else None
 
-    def loss_fn(params, tm: Trajectory, entropy_cost):
+    def loss_fn(params, tm: Trajectory, entropy_cost, scale: losses.ValueScale):
         is_first = tm.step_type == FIRST
         # An action taken at a LAST observation is the dummy one before an auto-reset.
         valid = (tm.step_type[:-1] != LAST).astype(jnp.float32)
@@ -95,15 +160,22 @@ def make_update_step(agent: Agent, config: PolicyLearnerConfig
                            tm.noise)
         hyper = losses.LossHyperparams(entropy_cost, config.baseline_cost,
                                        config.clip_rho_threshold, config.clip_pg_rho_threshold,
-                                       config.clip_c_threshold)
+                                       config.clip_c_threshold, entropy_weights, entropy_sizes)
         return losses.impala_loss(out.logits, tm.behaviour_logits, tm.action, out.values,
-                                  tm.reward, tm.discount * config.discount, valid, hyper)
+                                  tm.reward, tm.discount * config.discount, valid, hyper, scale)
 
     def update_step(state: LearnerState, batch: Trajectory) -> tuple[LearnerState, Metrics]:
         check_trajectory(batch, agent.config, batched=True)
         tm = batch_to_time_major(batch)
+        value_stats = state.value_stats
+        if config.value_normalisation != "none":   # before any update: from this batch's returns
+            valid = (tm.step_type[:-1] != LAST).astype(jnp.float32)
+            first = episode_return_stats(tm.reward, tm.discount * config.discount, valid)
+            value_stats = jax.tree.map(lambda a, b: jnp.where(value_stats.count > 0, a, b),
+                                       value_stats, first)
+        scale = value_scale(value_stats, config)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, tm, state.hyperparams.entropy_cost)
+            state.params, tm, state.hyperparams.entropy_cost, scale)
         # The optimiser works on one flat vector: the same arithmetic as per leaf, but a few
         # fused kernels instead of several per parameter array (633 -> 400 kernels for the test
         # network's whole update; it compiles ~20% faster on CPU).
@@ -114,14 +186,25 @@ def make_update_step(agent: Agent, config: PolicyLearnerConfig
 
         updates, opt_state = optimizer.update(flat_grads, state.opt_state)
         lr = state.hyperparams.learning_rate
-        new_params = flat_params - lr * updates
+        new_params = unravel(flat_params - lr * updates)
+        if config.value_normalisation != "none":
+            value_stats = update_value_stats(value_stats, metrics["mean_vs"],
+                                             metrics["mean_vs_squared"], config.value_stats_step)
+            if config.value_normalisation == "popart":
+                new_params = dict(new_params)
+                new_params["value"] = preserve_value_outputs(
+                    new_params["value"], scale, value_scale(value_stats, config))
+        new_flat_params, _ = ravel_pytree(new_params)
+        ok = ok & jnp.all(jnp.isfinite(new_flat_params))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
         new_state = state._replace(
-            params=unravel(keep(new_params, flat_params)),
+            params=keep(new_params, state.params),
             opt_state=keep(opt_state, state.opt_state),
             step=state.step + ok.astype(jnp.int32),
-            skipped_updates=state.skipped_updates + (~ok).astype(jnp.int32))
+            skipped_updates=state.skipped_updates + (~ok).astype(jnp.int32),
+            value_stats=keep(value_stats, state.value_stats))
 
+        new_scale = value_scale(new_state.value_stats, config)
         lag = (state.step - batch.policy_version).astype(jnp.float32)
         metrics = dict(metrics)
         metrics.update({
@@ -131,6 +214,8 @@ def make_update_step(agent: Agent, config: PolicyLearnerConfig
             "step": new_state.step,
             "learning_rate": lr,
             "entropy_cost": state.hyperparams.entropy_cost,
+            "value_mean": new_scale.mean,
+            "value_std": new_scale.std,
             "policy_lag_mean": jnp.mean(lag),
             "policy_lag_max": jnp.max(lag),
         })

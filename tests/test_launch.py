@@ -47,7 +47,9 @@ def test_config_round_trips_through_json(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (dict(reward="l2"), "needs --conditional"),
     (dict(complement_discriminator=True), "needs --conditional"),
-    (dict(conditional=True, reward="l2", temporal_credit_assignment=True), "temporal_credit_assignment"),
+    (dict(entropy_weights=["colour:2"]), "action space does not have"),
+    (dict(entropy_weights=["flag=2"]), "key:weight"),
+    (dict(entropy_weights=["flag:-1"]), "entropy weight of 'flag'"),
     (dict(batch_size=10), "multiple of --envs_per_actor"),
     (dict(num_gpus=3), "--num_gpus"),
     (dict(max_updates=0, max_minutes=0), "budget"),

@@ -14,7 +14,7 @@ import pytest
 from spiral.envs import specs
 from spiral.learner import (FIRST, LAST, MID, AgentConfig, Observation, PolicyLearner,
                             PolicyLearnerConfig, stack_trajectories, zero_trajectory)
-from spiral.learner import losses
+from spiral.learner import learning, losses
 
 # flag, end, control: the smallest action space with both a jump-relevant and a masked key.
 TINY = AgentConfig.small(use_pressure=False, brush_sizes=(1,))
@@ -50,8 +50,12 @@ def random_batch(config, batch_size, unroll_length, seed, paint_prob=0.5):
 
 # ----------------------------------------------------------------------------- the loss
 def numpy_loss(target_logits, behaviour_logits, action, values, reward, discount, valid,
-               entropy_cost, baseline_cost):
-    """The loss written out in float64 numpy: masked joint log-probs, V-trace by recursion."""
+               entropy_cost, baseline_cost, entropy_weights=None, entropy_sizes=None,
+               value_mean=0.0, value_std=1.0):
+    """The loss written out in float64 numpy: masked joint log-probs, V-trace by recursion.
+
+    ``values`` are the value head's normalised outputs; V = value_std · values + value_mean.
+    The entropy bonus is Σ_k w_k H_k (÷ log n_k with ``entropy_sizes``)."""
     f64 = lambda d: {k: np.asarray(v, np.float64) for k, v in d.items()}
     target_logits, behaviour_logits = f64(target_logits), f64(behaviour_logits)
     values, reward, discount, valid = (np.asarray(x, np.float64)
@@ -72,16 +76,22 @@ def numpy_loss(target_logits, behaviour_logits, action, values, reward, discount
         lt, lb = log_softmax(target_logits[k]), log_softmax(behaviour_logits[k])
         target_lp += relevant * np.take_along_axis(lt, a, -1)[..., 0]
         behaviour_lp += relevant * np.take_along_axis(lb, a, -1)[..., 0]
-        entropy += -(np.exp(lt) * lt).sum(-1)
+        weight = (entropy_weights or {}).get(k, 1.0)
+        if entropy_sizes is not None:
+            weight /= np.log(entropy_sizes[k])
+        entropy += weight * -(np.exp(lt) * lt).sum(-1)
+    normalised_values = values
+    values = value_std * values + value_mean
     rho = np.where(valid > 0, np.exp(target_lp - behaviour_lp), 1.0)
     vs = np.zeros((t_len + 1, batch))
     vs[t_len] = values[t_len]
     for t in reversed(range(t_len)):
         delta = min_(rho[t], 1.0) * (reward[t] + discount[t] * values[t + 1] - values[t])
         vs[t] = values[t] + delta + discount[t] * min_(rho[t], 1.0) * (vs[t + 1] - values[t + 1])
-    pg_adv = min_(rho, 1.0) * (reward + discount * vs[1:] - values[:-1])
+    pg_adv = min_(rho, 1.0) * (reward + discount * vs[1:] - values[:-1]) / value_std
     pg = -(valid * pg_adv * target_lp).sum() / batch
-    baseline = 0.5 * (valid * (vs[:-1] - values[:-1]) ** 2).sum() / batch
+    baseline = 0.5 * (valid * ((vs[:-1] - value_mean) / value_std - normalised_values[:-1]) ** 2
+                      ).sum() / batch
     ent = (valid * entropy).sum() / batch
     return pg + baseline_cost * baseline - entropy_cost * ent, pg, baseline, ent
 
@@ -118,6 +128,127 @@ def test_loss_matches_numpy_reference():
     np.testing.assert_allclose(float(metrics["pg_loss"]), want_pg, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(float(metrics["baseline_loss"]), want_baseline, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(float(metrics["entropy_loss"]), -want_entropy, rtol=1e-5, atol=1e-4)
+
+
+def test_per_key_entropy_weights_and_value_scale_enter_the_loss_as_specified():
+    target, behaviour, action, values, reward, discount, valid = random_loss_inputs(3)
+    reward = reward * 300.0 - 500.0          # a raw-L2-like scale; the value scale undoes it
+    weights = {"flag": 100.0, "control": 0.0}
+    sizes = {"flag": 2, "end": 64, "control": 64, "size": 6}
+    for entropy_sizes in (None, sizes):
+        hyper = losses.LossHyperparams(entropy_cost=0.03, baseline_cost=0.5,
+                                       entropy_weights=weights, entropy_action_sizes=entropy_sizes)
+        loss, metrics = losses.impala_loss(target, behaviour, action, jnp.asarray(values),
+                                           jnp.asarray(reward), jnp.asarray(discount),
+                                           jnp.asarray(valid), hyper,
+                                           losses.ValueScale(-480.0, 250.0))
+        want_loss, want_pg, want_baseline, want_entropy = numpy_loss(
+            target, behaviour, action, values, reward, discount, valid, 0.03, 0.5, weights,
+            entropy_sizes, value_mean=-480.0, value_std=250.0)
+        np.testing.assert_allclose(float(metrics["pg_loss"]), want_pg, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(float(metrics["baseline_loss"]), want_baseline, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(float(metrics["entropy_loss"]), -want_entropy, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(float(loss), want_loss, rtol=1e-4, atol=1e-4)
+
+    # A zero weight removes that key's entropy gradient; the others keep theirs.
+    def entropy_only(target_logits, w):
+        hyper = losses.LossHyperparams(1.0, entropy_weights=w)
+        return losses.impala_loss(target_logits, behaviour, action, jnp.zeros_like(values),
+                                  jnp.zeros_like(reward), jnp.asarray(discount),
+                                  jnp.asarray(valid), hyper)[1]["entropy_loss"]
+    grads = jax.grad(entropy_only)(target, {"control": 0.0})
+    assert float(jnp.abs(grads["control"]).max()) == 0.0
+    assert float(jnp.abs(grads["end"]).max()) > 0.0
+    scaled = jax.grad(entropy_only)(target, {"flag": 7.0})
+    np.testing.assert_allclose(scaled["flag"], 7.0 * jax.grad(entropy_only)(target, {})["flag"],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_popart_rescaling_preserves_the_value_outputs():
+    rng = np.random.default_rng(4)
+    params = {"kernel": jnp.asarray(rng.normal(size=(32, 1)), jnp.float32),
+              "bias": jnp.asarray(rng.normal(size=(1,)), jnp.float32)}
+    z = jnp.asarray(rng.normal(size=(50, 32)), jnp.float32)
+    old, new = losses.ValueScale(-3.0, 0.2), losses.ValueScale(120.0, 45.0)
+    rescaled = learning.preserve_value_outputs(params, old, new)
+    before = old.std * (z @ params["kernel"] + params["bias"]) + old.mean
+    after = new.std * (z @ rescaled["kernel"] + rescaled["bias"]) + new.mean
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-4)
+
+
+def test_value_statistics_average_exactly_then_exponentially():
+    stats = learning.initial_value_stats()
+    batch_means = [4.0, -2.0, 10.0, 1.0, 3.0, 7.0]
+    mean, step = None, 0.25                    # exact average for 4 batches, then β = 0.25
+    for n, m in enumerate(batch_means):
+        stats = learning.update_value_stats(stats, jnp.float32(m), jnp.float32(m * m + 1.0), step)
+        mean = m if n == 0 else mean + max(step, 1.0 / (n + 1)) * (m - mean)
+        assert float(stats.mean) == pytest.approx(mean, rel=1e-6)
+    assert float(np.mean(batch_means[:4])) == pytest.approx(
+        float(learning.update_value_stats(learning.update_value_stats(learning.update_value_stats(
+            learning.update_value_stats(learning.initial_value_stats(), 4.0, 0.0, step),
+            -2.0, 0.0, step), 10.0, 0.0, step), 1.0, 0.0, step).mean), rel=1e-6)
+
+
+def flag_task_batches(num, seed=7):
+    """``num`` batches of the flag task acted by a fresh agent (the same data for every run)."""
+    learner = PolicyLearner(TINY, CONFIG, seed=0)
+    step = jax.jit(learner.agent.sample_step)
+    rng, batches = jax.random.PRNGKey(seed), []
+    for _ in range(num):
+        batch, rng = flag_task_batch(learner.agent, learner.params, step, rng, B)
+        batches.append(batch)
+    return batches
+
+
+def train_on(config, batches, reward_fn):
+    learner = PolicyLearner(TINY, config, seed=0)
+    metrics = []
+    for batch in batches:
+        batch = batch._replace(reward=reward_fn(batch).astype(np.float32),
+                               policy_version=np.full(B, learner.step, np.int32))
+        metrics.append(learner.update(batch))
+        assert metrics[-1]["update_applied"] == 1.0
+    return learner.params, metrics
+
+
+@pytest.mark.parametrize("mode", ["popart", "running"])
+def test_value_normalisation_tracks_returns_of_scale_1_and_1000_alike(mode):
+    """The same batches with rewards ×1 and ×1000 (returns 2 or 3 times the scale): with the value
+    normalised the learner takes the same steps (parameters agree to float32 rounding), its
+    values in reward units scale by 1000 and track the returns. The next test is the control."""
+    config = dataclasses.replace(CONFIG, value_normalisation=mode, value_stats_step=0.05)
+    batches = flag_task_batches(40)
+    reward_fn = lambda scale: lambda b: scale * (b.reward + 2.0 * (b.step_type[:, 1:] == LAST))
+    # Same steps: float32 rounding (μ ≈ 2,500 at ×1000) grows chaotically over many Adam steps,
+    # so the runs are compared over the first 15 updates.
+    (params_1, metrics_1), (params_k, metrics_k) = (
+        train_on(config, batches[:15], reward_fn(scale)) for scale in (1.0, 1000.0))
+    for m1, mk in zip(metrics_1, metrics_k):
+        for name in ("value_mean", "value_std", "mean_value", "mean_vs"):
+            np.testing.assert_allclose(mk[name] / 1000.0, m1[name], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(mk["total_loss"], m1["total_loss"], rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(params_1), jax.tree.leaves(params_k)):
+        if a.size > 1:   # not the value bias: its gradient is ~0, and Adam turns rounding into ±lr
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    # Tracking, at both scales: returns are 2 or 3 (× scale); μ sits between, σ ≈ their spread,
+    # and the values follow the V-trace targets.
+    for scale in (1.0, 1000.0):
+        _, metrics = train_on(config, batches, reward_fn(scale))
+        assert 2.0 < metrics[-1]["value_mean"] / scale < 3.0
+        assert 0.1 < metrics[-1]["value_std"] / scale < 0.6
+        late_error = np.mean([abs(m["mean_value"] - m["mean_vs"]) for m in metrics[-10:]]) / scale
+        assert late_error < 0.1, late_error
+
+
+def test_without_value_normalisation_the_reward_scale_changes_the_updates():
+    """The control for the test above: plain IMPALA takes different steps at ×1000."""
+    batches = flag_task_batches(5)
+    params_1, _ = train_on(CONFIG, batches, lambda b: b.reward)
+    params_k, _ = train_on(CONFIG, batches, lambda b: 1000.0 * b.reward)
+    diffs = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(params_1),
+                                                           jax.tree.leaves(params_k))]
+    assert max(diffs) > 1e-2
 
 
 def test_masked_keys_stay_out_of_the_policy_gradient_but_keep_their_entropy():

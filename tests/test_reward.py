@@ -55,13 +55,50 @@ def test_l2_reward_by_hand():
     targets = np.ones((2, 64, 64, 3), np.float32)
     targets[0, 10:15, 20:27, 1] = 0.0     # a 5x7 black patch in the green channel: distance 35
     targets[1, :, :, :] = 0.5             # every value off by 0.5: 64*64*3*0.25 = 3072
-    canvases[0] = 0.0                      # only the last canvas counts
-    rewards = np.asarray(episode_rewards(None, canvases, targets, config=config, mode="l2"))
+    canvases[1] = 0.0                      # only the last canvas counts
+    rewards = np.asarray(episode_rewards(None, canvases, targets, config=config, mode="l2",
+                                         normalise_l2=False))
     np.testing.assert_allclose(rewards, [[0.0, 0.0], [-35.0, -3072.0]], rtol=1e-6)
     # uint8 inputs give the same (255 ↔ 1.0) through the CPU wrapper.
-    rewards_u8 = make_episode_reward_fn(config, "l2")(None, (canvases * 255).astype(np.uint8),
-                                                      np.rint(targets * 255).astype(np.uint8))
+    rewards_u8 = make_episode_reward_fn(config, "l2", normalise_l2=False)(
+        None, (canvases * 255).astype(np.uint8), np.rint(targets * 255).astype(np.uint8))
     np.testing.assert_allclose(rewards_u8[-1], [-35.0, -64 * 64 * 3 * (128 / 255 - 1) ** 2], rtol=1e-5)
+    # Normalised by the reset canvas's distance (here the same white canvas): the blank canvas
+    # scores -1 whatever the target.
+    rewards = np.asarray(episode_rewards(None, canvases, targets, config=config, mode="l2"))
+    np.testing.assert_allclose(rewards, [[0.0, 0.0], [-1.0, -1.0]], rtol=1e-6)
+
+
+def test_normalised_and_per_step_l2_rewards_against_an_explicit_loop():
+    """Any width (here 16); per-step rewards d_{t-1} - d_t telescope to the final reward + 1."""
+    rng = np.random.default_rng(5)
+    t_plus_1, batch, width = 4, 3, 16
+    canvases = rng.random((t_plus_1, batch, width, width, 1), dtype=np.float32)
+    targets = rng.random((batch, width, width, 1), dtype=np.float32)
+    targets[2] = canvases[0, 2]            # a target equal to the blank canvas: raw scale (÷ 1)
+    dist = np.zeros((t_plus_1, batch))
+    for t in range(t_plus_1):
+        for b in range(batch):
+            for y in range(width):
+                for x in range(width):
+                    dist[t, b] += (float(canvases[t, b, y, x, 0]) - float(targets[b, y, x, 0])) ** 2
+    scale = np.maximum(dist[0], 1.0)
+    final = np.asarray(reward_lib.l2_rewards(canvases, targets))
+    want = np.zeros((t_plus_1 - 1, batch))
+    want[-1] = -dist[-1] / scale
+    np.testing.assert_allclose(final, want, rtol=1e-5, atol=1e-6)
+    per_step = np.asarray(reward_lib.l2_rewards(canvases, targets, per_step=True))
+    for t in range(1, t_plus_1):
+        np.testing.assert_allclose(per_step[t - 1], (dist[t - 1] - dist[t]) / scale, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(per_step.sum(axis=0), final.sum(axis=0) + dist[0] / scale, rtol=1e-4)
+    raw = np.asarray(reward_lib.l2_rewards(canvases, targets, per_step=True, normalise=False))
+    np.testing.assert_allclose(raw, dist[:-1] - dist[1:], rtol=1e-4, atol=1e-4)
+    # The CPU wrapper takes uint8 canvases of any width for the L2 modes.
+    fn = make_episode_reward_fn(SMALL.small(conditional=True), "l2_tca")
+    got = fn(None, np.rint(canvases * 255).astype(np.uint8), np.rint(targets * 255).astype(np.uint8))
+    assert got.shape == (t_plus_1 - 1, batch)
+    with pytest.raises(ValueError, match="same image shape"):
+        fn(None, canvases, targets[:, :8, :8])
 
 
 def test_l2_reward_against_an_explicit_loop():
