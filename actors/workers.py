@@ -95,7 +95,9 @@ class ActorWorker:
     """Paints ``envs_per_actor`` episodes per ``unroll`` call with the newest published policy."""
 
     def __init__(self, config, actor_index: int, parameter_server, discriminator_worker,
-                 wrapped_targets: Optional[list], backend_name: str):
+                 wrapped_targets: Optional[list], backend_name: str, unroll_index: int = 0):
+        """``unroll_index``: where this actor's streams continue (a resumed run passes the
+        ``metadata["unroll_index"] + 1`` of the actor's last unroll it kept)."""
         self._backend = make_backend(backend_name)
         self._params = ParameterCache(self._backend, parameter_server)
         self._disc = discriminator_worker
@@ -104,7 +106,8 @@ class ActorWorker:
         # A restarted actor must not replay the episodes it played before it died.
         seed_offset = int.from_bytes(os.urandom(2), "little") + 1 if self.restarted else 0
         targets = None if wrapped_targets is None else self._backend.get(wrapped_targets[0])
-        self.runner = EpisodeRunner(config, actor_index, targets, seed_offset)
+        self.runner = EpisodeRunner(config, actor_index, targets, unroll_index=unroll_index,
+                                    seed_offset=seed_offset)
         # Rewards from the critic are computed here unless the learner computes them.
         self._needs_disc = config.uses_discriminator and config.runtime.rewards_on == "actors"
         self._last_end: Optional[float] = None

@@ -269,14 +269,20 @@ class BatchedPaintEnv:
         """One environment's action spec (``PaintEnv.action_spec``); actions come as [K] per key."""
         return self._action_spec
 
-    def reset(self, target_indices: Optional[Sequence[int]] = None) -> BatchedTimeStep:
+    def reset(self, target_indices: Optional[Sequence[int]] = None,
+              episode: Optional[int] = None) -> BatchedTimeStep:
         """Start the next episode of every environment.
 
         ``target_indices`` (conditional mode): the dataset index each environment paints this
         episode (``PaintEnv.set_next_target``); by default each draws its own from its seed.
+        ``episode``: the index of the episode to start (default: the next one). The episode
+        index and the seed decide an episode's dab noise and target, so a caller that restores a
+        run continues the streams by passing the index it had reached.
         """
         k = self.num_envs
-        self._episode += 1
+        if episode is not None and (not isinstance(episode, (int, np.integer)) or episode < 0):
+            raise ValueError(f"episode must be an int >= 0, got {episode!r}.")
+        self._episode = self._episode + 1 if episode is None else int(episode)
         self._t = 0
         self._canvas.fill(self.config.background_value)
         self._carry.fill(0.0)

@@ -105,6 +105,22 @@ def test_step_types_rewards_and_the_step_after_last():
     assert (ts.observation["canvas"] == 255).all() and (env.program(0).steps == [])
 
 
+def test_reset_to_a_chosen_episode_continues_that_episode_s_streams():
+    config = PaintConfig(episode_length=3, conditional=True)
+    targets = make_targets(config, n=50)
+    batched = BatchedPaintEnv(config, [8, 9], targets)
+    ts = batched.reset(episode=3)
+    actions = random_actions(config, 2, np.random.default_rng(0))
+    ts = batched.step(actions)
+    for k, seed in enumerate((8, 9)):
+        env = paint_env(config, seed, targets)
+        for _ in range(4):
+            env.reset()
+        env.step({key: int(v[k]) for key, v in actions.items()})
+        assert env.episode == batched.episode == 3 and env.target_index == batched.target_indices[k]
+        np.testing.assert_array_equal(ts.observation["canvas"][k], env.canvas_uint8())
+
+
 def test_programs_replay_the_canvases():
     config = PaintConfig(episode_length=8, use_color=True)
     env = BatchedPaintEnv(config, [5, 6, 7])
@@ -183,6 +199,8 @@ def test_bad_construction_raises():
     env = BatchedPaintEnv(conditional, [1, 2], targets=make_targets(conditional, n=3))
     with pytest.raises(ValueError, match="target_indices must lie in \\[0, 2\\]"):
         env.reset(target_indices=[0, 3])
+    with pytest.raises(ValueError, match="episode must be an int >= 0"):
+        env.reset(episode=-1)
     with pytest.raises(ValueError, match="No observation yet"):
         BatchedPaintEnv(config, [1]).canvas_uint8()
     env.reset()

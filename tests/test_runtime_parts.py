@@ -132,3 +132,93 @@ def test_an_actor_that_keeps_failing_stops_the_run():
     with pytest.raises(RuntimeError, match="actor 0 failed 5 unrolls in a row"):
         q.get(1, learner_version=0)
     assert len(failures) == 4
+
+
+# ---- the actors' episode runner (spiral.actors.acting) -----------------------------------------
+
+def _runner_config(tmp_path, **overrides):
+    from spiral.launch import flags as launch_flags
+    values = dict(network="tiny", dataset_limit=64, episode_length=5, observation_width=16,
+                  conditional=True, reward="l2", envs_per_actor=3, batch_size=3, runtime="local",
+                  max_updates=1, run_dir=str(tmp_path / "run"), seed=11)
+    values.update(overrides)
+    return launch_flags.config_from_values(launch_flags.default_values("mnist", **values))
+
+
+def _runner_targets(config, n=7):
+    rng = np.random.default_rng(5)
+    return rng.integers(0, 256, (n,) + config.env.observation_shape, dtype=np.uint8)
+
+
+def test_episode_runner_records_what_its_environments_and_its_policy_did(tmp_path):
+    """Replayed one environment at a time (PaintEnv with the runner's seeds) and through the
+    agent's teacher-forced mode, the record holds the same canvases, masks, targets and logits."""
+    import dataclasses
+    import jax
+    from spiral.actors.acting import EpisodeRunner
+    from spiral.envs import PaintEnv
+    from spiral.learner import Agent, check_trajectory
+    from spiral.learner.types import batch_to_time_major
+    config = _runner_config(tmp_path)
+    targets = _runner_targets(config)
+    runner = EpisodeRunner(config, actor_index=2, targets=targets, unroll_index=1)
+    params = Agent(config.agent).init(jax.random.PRNGKey(3))
+    result = runner.unroll(params, policy_version=4)
+    traj = result.trajectory
+    assert check_trajectory(traj, config.agent) == (3, 4)
+    assert result.metadata["unroll_index"] == 1 and runner.unroll_index == 2
+    assert (traj.policy_version == 4).all()
+    np.testing.assert_array_equal(traj.step_type[:, 0], 0)
+    np.testing.assert_array_equal(traj.step_type[:, -1], 2)
+
+    env_fields = {f.name: getattr(config.env, f.name) for f in dataclasses.fields(config.env)
+                  if f.name != "conditional"}
+    for k, seed in enumerate(runner.env.seeds):
+        env = PaintEnv(seed=int(seed), targets=targets, **env_fields)
+        for _ in range(2):   # unroll 1 plays episode 1
+            ts = env.reset()
+        np.testing.assert_array_equal(traj.observation.canvas[k, 0], env.canvas_uint8())
+        for t in range(4):
+            ts = env.step({key: int(traj.action[key][k, t]) for key in config.agent.action_keys})
+            np.testing.assert_array_equal(traj.observation.canvas[k, t + 1], env.canvas_uint8())
+            np.testing.assert_array_equal(traj.observation.action_mask[k, t + 1],
+                                          ts.observation["action_mask"])
+            assert traj.discount[k, t] == ts.discount
+        np.testing.assert_array_equal(traj.observation.target[k], targets[env.target_index][None]
+                                      .repeat(5, axis=0))
+        np.testing.assert_array_equal(result.final_canvases[k], env.canvas_uint8())
+
+    tm = batch_to_time_major(traj)
+    out = Agent(config.agent).unroll(params, tm.observation, tm.step_type == 0, tm.action,
+                                     traj.initial_state, tm.noise)
+    for key in config.agent.action_keys:
+        np.testing.assert_allclose(np.swapaxes(out.logits[key], 0, 1), traj.behaviour_logits[key],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_episode_runner_streams_follow_seed_actor_and_unroll_index(tmp_path):
+    """Unroll u of actor a is the same whichever runner plays it (resume continues the streams);
+    another actor, seed offset or unroll plays other episodes."""
+    import jax
+    from spiral.actors.acting import EpisodeRunner
+    from spiral.learner import Agent
+    config = _runner_config(tmp_path, conditional=False, reward="discriminator",
+                            observation_width=64, rewards_on="learner")
+    params = Agent(config.agent).init(jax.random.PRNGKey(0))
+
+    def record(runner):
+        traj = runner.unroll(params, 0).trajectory
+        return traj.observation.canvas, traj.action["end"], traj.noise
+
+    first = EpisodeRunner(config, actor_index=0)
+    played = [record(first) for _ in range(3)]
+    assert first.unroll_index == 3
+    resumed = EpisodeRunner(config, actor_index=0, unroll_index=2)
+    for a, b in zip(record(resumed), played[2]):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.unroll_index == 3
+    assert not np.array_equal(played[0][2], played[1][2])   # each unroll draws new noise
+    for other in (EpisodeRunner(config, actor_index=1), EpisodeRunner(config, 0, seed_offset=1)):
+        assert not np.array_equal(record(other)[2], played[0][2])
+    with pytest.raises(ValueError, match="unroll_index must be an int >= 0"):
+        EpisodeRunner(config, 0, unroll_index=-1)
