@@ -28,6 +28,7 @@ DEFAULT_OBSERVATION_WIDTH = 64
 OBSERVATION_WIDTHS = (64, 32, 16, 8)
 BACKGROUNDS = ("white", "black")
 RENDERERS = ("numba", "jax", "libmypaint")
+JUMP_STARTS = ("corrected", "released")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,13 @@ class PaintConfig:
       l2_reward: conditional only: reward −Σ(canvas − target)² on the last step.
       observation_width: width of the observed canvas and of the targets: 64 (SPIRAL), 32, 16 or
         8; the exact area average of the W×W rendering (W must be a multiple of it).
+      jump_start: "corrected" (default): a stroke after a jump to (y, x) starts at (y, x), and
+        the brush is this project's (envs/README.md). "released": DeepMind's released environment
+        exactly: after a jump to (y, x) the next stroke starts at (y, y) (its
+        ``_update_brush_params(y=y, x=y)``), the brush follows libmypaint 1.3.0 (stroke speed in
+        basic radii per second), ``dtime`` is the C float 0.1f (libmypaint's tablet workaround
+        then moves the brush from (y, x) to (y, y) without paint), and an observation at the
+        start of every episode after the first reports ``episode_step`` = episode_length.
     """
 
     canvas_width: int = 64
@@ -58,6 +66,7 @@ class PaintConfig:
     conditional: bool = False
     l2_reward: bool = False
     observation_width: int = DEFAULT_OBSERVATION_WIDTH
+    jump_start: str = "corrected"
 
     def __post_init__(self):
         # Normalise sequences to tuples so the config stays hashable whatever the caller passed.
@@ -79,10 +88,17 @@ class PaintConfig:
             raise ValueError(f"brush_sizes must be a non-empty list of positive radii, got {self.brush_sizes}.")
         if self.background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}.")
+        if self.jump_start not in JUMP_STARTS:
+            raise ValueError(f"jump_start must be one of {JUMP_STARTS}, got {self.jump_start!r}.")
         if self.l2_reward and not self.conditional:
             raise ValueError("l2_reward=True needs conditional=True (the reward compares to a target).")
 
     # ---- derived values -------------------------------------------------------------------
+    @property
+    def released(self) -> bool:
+        """True in DeepMind's released mode (``jump_start="released"``)."""
+        return self.jump_start == "released"
+
     @property
     def channels(self) -> int:
         return 3 if self.use_color else 1

@@ -105,6 +105,11 @@ class Strokes(NamedTuple):
     color: jax.Array      # [B, C]
     key: jax.Array        # [B] uint32
     active: jax.Array     # [B] bool
+    # The released mode's constants (``stroke.released_brush_constants``); None otherwise.
+    radius: Optional[jax.Array] = None
+    dabs_per_base: Optional[jax.Array] = None
+    speed_scale: Optional[jax.Array] = None
+    workaround_speed_scale: Optional[jax.Array] = None
 
 
 class Dabs(NamedTuple):
@@ -117,12 +122,14 @@ class Dabs(NamedTuple):
 
 def max_dabs(config: PaintConfig) -> int:
     """Dabs of the longest possible stroke at the smallest brush of ``config`` (static padding)."""
+    if config.released:
+        return spec.max_dabs_released(min(config.pixel_radii), config.canvas_width, config.grid_width)
     length = spec.max_path_length(config.canvas_width, config.grid_width)
     return spec.max_dabs(min(config.pixel_radii), length)
 
 
-def stroke_dabs(strokes: Strokes, carry, n: int):
-    """The spec's dabs of every stroke, padded to ``n``; returns (Dabs, new carry [B])."""
+def _path_points(strokes: Strokes):
+    """The 51 Bezier points of every stroke, (qy, qx) [B, 51], and the segment lengths [B, 50]."""
     w = jnp.asarray(spec.bezier_weights())                               # [51, 3]
     p0 = strokes.start
     dc = strokes.control - p0
@@ -132,7 +139,24 @@ def stroke_dabs(strokes: Strokes, carry, n: int):
     qx = (p0[:, 1:] + w[:, 1] * dc[:, 1:]) + w[:, 2] * de[:, 1:]
     dy = qy[:, 1:] - qy[:, :-1]
     dx = qx[:, 1:] - qx[:, :-1]
-    seg = jnp.sqrt(dy * dy + dx * dx)                                       # [B, 50]
+    return qy, qx, jnp.sqrt(dy * dy + dx * dx)
+
+
+def _noisy_dabs(y, x, press, actual_radius, valid, strokes: Strokes) -> Dabs:
+    """The spec's noise on noise-free dabs [B, n]: offsets, radius and the matching opacity."""
+    g0, g1, g2 = _gaussians(strokes.key, y.shape[1])
+    amp = press * strokes.offset_scale[:, None]
+    z = spec.Z_SCALE * g2
+    e = F32(1.0) + z * (F32(1.0) + z * (spec.EXP_C2 + z * spec.EXP_C3))
+    opaque = jnp.clip((spec.OPAQUE_BASE + spec.OPAQUE_GAIN * press) * press, F32(0.0), F32(1.0))
+    alpha = jnp.where(valid, opaque * jnp.minimum(F32(1.0) / (e * e), F32(1.0)), F32(0.0))
+    return Dabs(jnp.where(valid, y + amp * g0, F32(0.0)), jnp.where(valid, x + amp * g1, F32(0.0)),
+                jnp.where(valid, actual_radius * e, F32(1.0)), alpha, valid)
+
+
+def stroke_dabs(strokes: Strokes, carry, n: int):
+    """The spec's dabs of every stroke, padded to ``n``; returns (Dabs, new carry [B])."""
+    qy, qx, seg = _path_points(strokes)                                     # seg [B, 50]
     cumulative = [jnp.zeros_like(seg[:, 0])]
     for k in range(spec.N_SEGMENTS):                                         # sequential, as numba
         cumulative.append(cumulative[-1] + seg[:, k])
@@ -155,17 +179,64 @@ def stroke_dabs(strokes: Strokes, carry, n: int):
     x = x0 + f * (x1 - x0)
     p0, p1 = strokes.p0[:, None], strokes.p1[:, None]
     press = p0 + (p1 - p0) * ((k.astype(jnp.float32) + f) * spec.ONE_FIFTIETH)
-    g0, g1, g2 = _gaussians(strokes.key, n)
-    amp = press * strokes.offset_scale[:, None]
-    z = spec.Z_SCALE * g2
-    e = F32(1.0) + z * (F32(1.0) + z * (spec.EXP_C2 + z * spec.EXP_C3))
-    opaque = jnp.clip((spec.OPAQUE_BASE + spec.OPAQUE_GAIN * press) * press, F32(0.0), F32(1.0))
-    alpha = jnp.where(valid, opaque * jnp.minimum(F32(1.0) / (e * e), F32(1.0)), F32(0.0))
-    dabs = Dabs(jnp.where(valid, y + amp * g0, F32(0.0)), jnp.where(valid, x + amp * g1, F32(0.0)),
-                jnp.where(valid, strokes.actual_radius[:, None] * e, F32(1.0)), alpha, valid)
+    dabs = _noisy_dabs(y, x, press, jnp.broadcast_to(strokes.actual_radius[:, None], y.shape), valid,
+                       strokes)
     last = ((count - 1).astype(jnp.float32) + a) * strokes.spacing
     new_carry = jnp.clip((total - last) * strokes.inv_spacing, F32(0.0), spec.LARGEST_BELOW_ONE)
     return dabs, jnp.where(strokes.active, new_carry, F32(0.0))
+
+
+def released_radius(radius, speed):
+    """libmypaint 1.3.0's actual radius: s·exp(c0 + c1·ln(γ + S)), S in basic radii per second."""
+    return radius * jnp.exp(spec.SPEED_LOG_C0 + spec.SPEED_LOG_C1 * jnp.log(spec.SPEED2_GAMMA_F32 + speed))
+
+
+def released_path(strokes: Strokes, carry, speed, lead, n: int):
+    """The released mode's noise-free dabs (``stroke.reference_released_path``), padded to ``n``:
+    (y, x, pressure, actual radius, valid) [B, n], new carry [B], new filtered speed [B].
+    ``lead``: the tablet workaround's pressure-0 move before each stroke (0 if none), [B]."""
+    six = F32(spec.DABS_PER_ACTUAL_RADIUS)
+    radius, per_base = strokes.radius, strokes.dabs_per_base
+    # The pressure-0 move paints nothing, but moves the partial dab and the speed filter on.
+    moved = carry + lead * (six / released_radius(radius, speed) + per_base)
+    has_lead = lead > F32(0.0)
+    carry = jnp.where(has_lead, moved - jnp.floor(moved), carry)
+    speed = jnp.where(has_lead, speed + (lead * strokes.workaround_speed_scale - speed)
+                      * spec.WORKAROUND_FILTER_STEP, speed)
+    qy, qx, seg = _path_points(strokes)
+    cumulative, radii = [jnp.zeros_like(carry)], []
+    for k in range(spec.N_SEGMENTS):                                         # sequential, as numba
+        r = released_radius(radius, speed)
+        radii.append(r)
+        cumulative.append(cumulative[-1] + seg[:, k] * (six / r + per_base))
+        speed = speed + (seg[:, k] * strokes.speed_scale - speed) * spec.SPEED_FILTER_STEP
+    s = jnp.stack(cumulative, axis=1)                                       # [B, 51] dab counts
+    radii = jnp.stack(radii, axis=1)                                        # [B, 50]
+    total = s[:, -1]
+    a = F32(1.0) - carry
+    sigma = jnp.arange(n, dtype=jnp.float32)[None, :] + a[:, None]         # [B, n]
+    valid = (sigma <= total[:, None]) & strokes.active[:, None]
+    count = jnp.sum(valid, axis=1).astype(jnp.int32)
+    k = jax.vmap(functools.partial(jnp.searchsorted, side="left", method=SEARCH_METHOD))(s[:, 1:], sigma)
+    k = jnp.minimum(k, spec.N_SEGMENTS - 1).astype(jnp.int32)
+    take = functools.partial(jnp.take_along_axis, axis=1)
+    s0, s1 = take(s, k), take(s, k + 1)
+    f = jnp.where(valid, (sigma - s0) / jnp.where(valid, s1 - s0, F32(1.0)), F32(0.0))
+    y0, x0 = take(qy, k), take(qx, k)
+    y = y0 + f * (take(qy, k + 1) - y0)
+    x = x0 + f * (take(qx, k + 1) - x0)
+    p0, p1 = strokes.p0[:, None], strokes.p1[:, None]
+    press = p0 + (p1 - p0) * ((k.astype(jnp.float32) + f) * spec.ONE_FIFTIETH)
+    new_carry = jnp.clip(total - ((count - 1).astype(jnp.float32) + a), F32(0.0), spec.LARGEST_BELOW_ONE)
+    return ((y, x, press, take(radii, k), valid), jnp.where(strokes.active, new_carry, F32(0.0)),
+            jnp.where(strokes.active, speed, F32(0.0)))
+
+
+def stroke_dabs_released(strokes: Strokes, carry, speed, lead, n: int):
+    """The released mode's dabs of every stroke, padded to ``n``: (Dabs, new carry, new speed)."""
+    (y, x, press, actual_radius, valid), new_carry, new_speed = released_path(strokes, carry, speed,
+                                                                               lead, n)
+    return _noisy_dabs(y, x, press, actual_radius, valid, strokes), new_carry, new_speed
 
 
 # ---- masks ---------------------------------------------------------------------------------------
@@ -264,9 +335,21 @@ def transmittance(dabs: Dabs, height: int, width: int, combine: str = "multiply"
 def paint(canvas, carry, strokes: Strokes, config: PaintConfig, combine: str = "multiply"):
     """Paint one stroke per environment (inactive ones unchanged): (canvas [B, W, W, C], carry)."""
     dabs, new_carry = stroke_dabs(strokes, carry, max_dabs(config))
+    return _composite(canvas, dabs, strokes.color, combine), new_carry
+
+
+def paint_released(canvas, carry, speed, lead, strokes: Strokes, config: PaintConfig,
+                   combine: str = "multiply"):
+    """``paint`` in the released mode: (canvas, carry, filtered speed); ``lead`` [B] as in
+    ``released_path``."""
+    dabs, new_carry, new_speed = stroke_dabs_released(strokes, carry, speed, lead, max_dabs(config))
+    return _composite(canvas, dabs, strokes.color, combine), new_carry, new_speed
+
+
+def _composite(canvas, dabs: Dabs, color, combine: str):
+    """canvas ← canvas·T + colour·(1 − T) with T the dabs' transmittance."""
     t = transmittance(dabs, canvas.shape[1], canvas.shape[2], combine)[..., None]
-    canvas = canvas * t + strokes.color[:, None, None, :] * (F32(1.0) - t)
-    return canvas, new_carry
+    return canvas * t + color[:, None, None, :] * (F32(1.0) - t)
 
 
 def observe(canvas, observation_width: int = DEFAULT_OBSERVATION_WIDTH):
@@ -310,6 +393,7 @@ class PaintState:
     pressure: jax.Array      # [B] float32, pressure of the previous stroke
     painting: jax.Array      # [B] bool: the last action painted (also: the action mask)
     carry: jax.Array         # [B] float32, partial dab carried by a connected stroke
+    speed: jax.Array         # [B] float32, filtered stroke speed (released mode; 0 otherwise)
     t: jax.Array             # [B] int32, actions taken in this episode
     episode: jax.Array       # [B] int32, episode index of each environment
     seed: jax.Array          # [B] uint32, hash-RNG seed of each environment
@@ -322,7 +406,8 @@ class PaintState:
 class _Tables(NamedTuple):
     cell: np.ndarray        # [G², 2] pixel (y, x) of each grid cell
     pressure: np.ndarray    # [10]
-    radius: np.ndarray      # [S] per size index: pixel radius, r_a, Δ, 1/Δ, 1.4·s
+    radius: np.ndarray      # [S] per size index: pixel radius, r_a, Δ, 1/Δ, 1.4·s, and the
+                            # released mode's 6/s, 1/(dtime·s), 1/(workaround dtime·s)
     color: np.ndarray       # [20]
 
 
@@ -334,7 +419,9 @@ def _tables(config: PaintConfig) -> _Tables:
     rows = []
     for r in config.pixel_radii:
         b = spec.brush_constants(r)
-        rows.append([F32(r), b.actual_radius, b.spacing, F32(1.0 / float(b.spacing)), b.offset_scale])
+        c = spec.released_brush_constants(r)
+        rows.append([F32(r), b.actual_radius, b.spacing, F32(1.0 / float(b.spacing)), b.offset_scale,
+                     c.dabs_per_base, c.speed_scale, c.workaround_speed_scale])
     return _Tables(cell, specs.PRESSURE_VALUES, np.array(rows, F32), specs.COLOR_VALUES)
 
 
@@ -395,7 +482,8 @@ def reset(seed_or_key: Union[int, jax.Array], batch_size: int, config: PaintConf
     return PaintState(
         canvas=jnp.full((b, w, w, c), config.background_value, jnp.float32),
         brush=jnp.zeros((b, 2), jnp.float32), pressure=jnp.zeros(b, jnp.float32),
-        painting=jnp.zeros(b, bool), carry=jnp.zeros(b, jnp.float32), t=jnp.zeros(b, jnp.int32),
+        painting=jnp.zeros(b, bool), carry=jnp.zeros(b, jnp.float32), speed=jnp.zeros(b, jnp.float32),
+        t=jnp.zeros(b, jnp.int32),
         episode=episode, seed=seed, target_index=_target_index(seed, episode, dataset),
         dataset=dataset, config=config, combine=combine)
 
@@ -409,7 +497,14 @@ def timestep(state: PaintState) -> dm_env.TimeStep:
     keys = config.action_keys
     jump = jnp.asarray(specs.action_mask(keys, painted=False))
     mask = jnp.where(state.painting[:, None], F32(1.0), jump[None, :])
-    observation = {"canvas": canvas, "action_mask": mask}
+    length = jnp.int32(config.episode_length)
+    # DeepMind's counter: 0 at reset, k + 1 after k actions; its released reset reports the last
+    # episode's length after the first episode.
+    first_step = (jnp.where(state.episode > 0, length, jnp.int32(0)) if config.released
+                  else jnp.zeros_like(state.t))
+    observation = {"canvas": canvas, "action_mask": mask,
+                   "episode_step": jnp.where(state.t == 0, first_step, state.t + 1).astype(jnp.int32),
+                   "episode_length": jnp.full(state.t.shape, length, jnp.int32)}
     last = state.t == config.episode_length - 1
     reward = jnp.zeros(state.t.shape, jnp.float32)
     if config.conditional:
@@ -454,13 +549,26 @@ def step(state: PaintState, action: Mapping[str, jax.Array]):
         color = jnp.stack([colors[a["red"]], colors[a["green"]], colors[a["blue"]]], axis=1)
     else:
         color = jnp.full((batch, 1), config.ink_value, jnp.float32)
-    strokes = Strokes(state.brush, control, end, p0, p1, brush_row[:, 1], brush_row[:, 2],
+    # ``brush`` is where the brush is; a stroke starts there, except in the released mode after a
+    # jump to (y, x), where DeepMind's environment starts it at (y, y).
+    start = state.brush
+    if config.released:
+        start = jnp.where(state.painting[:, None], start, state.brush[:, :1])
+    strokes = Strokes(start, control, end, p0, p1, brush_row[:, 1], brush_row[:, 2],
                       brush_row[:, 3], brush_row[:, 4], color,
-                      stroke_key(state.seed, state.episode, state.t), paints)
+                      stroke_key(state.seed, state.episode, state.t), paints,
+                      brush_row[:, 0], brush_row[:, 5], brush_row[:, 6], brush_row[:, 7])
     # Restarting environments start from a clean canvas (their stroke is inactive).
     background = jnp.full_like(state.canvas, config.background_value)
     canvas = jnp.where(restart[:, None, None, None], background, state.canvas)
-    canvas, carry = paint(canvas, state.carry, strokes, config, state.combine)
+    if config.released:
+        offset = start - state.brush
+        lead = jnp.where(state.painting, F32(0.0), jnp.sqrt(jnp.sum(offset * offset, axis=1)))
+        canvas, carry, speed = paint_released(canvas, state.carry, state.speed, lead, strokes, config,
+                                              state.combine)
+    else:
+        canvas, carry = paint(canvas, state.carry, strokes, config, state.combine)
+        speed = state.speed
     episode = state.episode + restart.astype(jnp.int32)
     zero2 = jnp.zeros_like(state.brush)
     new = state.replace(
@@ -469,6 +577,7 @@ def step(state: PaintState, action: Mapping[str, jax.Array]):
         pressure=jnp.where(paints, p1, jnp.where(restart, F32(0.0), state.pressure)),
         painting=paints,
         carry=carry,
+        speed=speed,
         t=jnp.where(restart, 0, state.t + 1),
         episode=episode,
         target_index=jnp.where(restart, _target_index(state.seed, episode, state.dataset),
@@ -503,12 +612,31 @@ def _paint_one(canvas, carry, strokes, config, combine):
     return paint(canvas, carry, strokes, config, combine)
 
 
+@functools.partial(jax.jit, static_argnames=("config", "combine"))
+def _paint_one_released(canvas, carry, speed, lead, strokes, config, combine):
+    return paint_released(canvas, carry, speed, lead, strokes, config, combine)
+
+
 _observe_jit = jax.jit(observe, static_argnums=1)
 _stroke_dabs_jit = jax.jit(stroke_dabs, static_argnums=2)
+_stroke_dabs_released_jit = jax.jit(stroke_dabs_released, static_argnums=4)
+
+
+def _one_stroke(start, control, end, p0, p1, radius, color, key) -> Strokes:
+    """A batch of one stroke with every per-radius constant (corrected and released)."""
+    b = spec.brush_constants(radius)
+    c = spec.released_brush_constants(radius)
+    row = lambda v: jnp.asarray([v], jnp.float32)
+    return Strokes(jnp.asarray([start], jnp.float32), jnp.asarray([control], jnp.float32),
+                   jnp.asarray([end], jnp.float32), row(p0), row(p1), row(b.actual_radius),
+                   row(b.spacing), row(F32(1.0 / float(b.spacing))), row(b.offset_scale),
+                   jnp.asarray([color], jnp.float32), jnp.asarray([key], jnp.uint32), jnp.ones(1, bool),
+                   row(c.radius), row(c.dabs_per_base), row(c.speed_scale), row(c.workaround_speed_scale))
 
 
 class JaxCanvas:
-    """One canvas painted by the JAX engine (B = 1), with the engine interface of ``NumbaCanvas``.
+    """One canvas painted by the JAX engine (B = 1), with the engine interface of ``NumbaCanvas``
+    (the same brush state: carry, and in the released mode the filtered speed and the lead).
 
     For checking the JAX engine against the others through ``PaintEnv``; not fast on CPU.
     """
@@ -522,11 +650,13 @@ class JaxCanvas:
     def reset(self):
         w, c = self.config.canvas_width, self.config.channels
         self._canvas = jnp.full((1, w, w, c), self.config.background_value, jnp.float32)
-        self._carry = jnp.zeros(1, jnp.float32)
+        self.jump(0.0, 0.0)
 
     def jump(self, y: float, x: float):
-        del y, x
         self._carry = jnp.zeros(1, jnp.float32)
+        self._speed = jnp.zeros(1, jnp.float32)
+        self._pen = np.array([y, x], F32)
+        self._lifted = True
 
     def paint(self, start, control, end, p0, p1, radius, color, key):
         w = self.config.canvas_width
@@ -537,15 +667,18 @@ class JaxCanvas:
         for name, point in (("start", start), ("control", control), ("end", end)):
             if not all(0.0 <= float(v) <= w for v in point):
                 raise ValueError(f"stroke {name} {tuple(point)} lies outside the canvas [0, {w}].")
-        b = spec.brush_constants(radius)
-        row = lambda v: jnp.asarray([v], jnp.float32)
-        strokes = Strokes(jnp.asarray([start], jnp.float32), jnp.asarray([control], jnp.float32),
-                          jnp.asarray([end], jnp.float32), row(p0), row(p1), row(b.actual_radius),
-                          row(b.spacing), row(F32(1.0 / float(b.spacing))), row(b.offset_scale),
-                          jnp.asarray([color], jnp.float32), jnp.asarray([key], jnp.uint32),
-                          jnp.ones(1, bool))
-        self._canvas, self._carry = _paint_one(self._canvas, self._carry, strokes, self.config,
-                                               self.combine)
+        strokes = _one_stroke(start, control, end, p0, p1, radius, color, key)
+        if self.config.released:
+            offset = np.asarray(start, F32) - self._pen
+            lead = np.sqrt(offset @ offset) if self._lifted else F32(0.0)
+            self._canvas, self._carry, self._speed = _paint_one_released(
+                self._canvas, self._carry, self._speed, jnp.asarray([lead], jnp.float32), strokes,
+                self.config, self.combine)
+        else:
+            self._canvas, self._carry = _paint_one(self._canvas, self._carry, strokes, self.config,
+                                                   self.combine)
+        self._pen = np.asarray(end, F32)
+        self._lifted = False
 
     def observe(self, out_u8: np.ndarray, out_f32: np.ndarray):
         canvas, levels = _observe_jit(self._canvas, self.config.observation_width)
@@ -556,15 +689,24 @@ class JaxCanvas:
         return np.array(self._canvas[0])
 
 
+def _valid_rows(dabs: Dabs) -> np.ndarray:
+    valid = np.asarray(dabs.valid[0])
+    return np.stack([np.asarray(v[0])[valid] for v in (dabs.y, dabs.x, dabs.radius, dabs.alpha)], axis=1)
+
+
 def jax_dabs(start, control, end, p0, p1, radius, key, carry=0.0, config: PaintConfig = PaintConfig()):
     """The JAX engine's dabs of one stroke (tests): ((n, 4) [y, x, radius, alpha], carry)."""
-    b = spec.brush_constants(radius)
-    row = lambda v: jnp.asarray([v], jnp.float32)
-    strokes = Strokes(jnp.asarray([start], jnp.float32), jnp.asarray([control], jnp.float32),
-                      jnp.asarray([end], jnp.float32), row(p0), row(p1), row(b.actual_radius),
-                      row(b.spacing), row(F32(1.0 / float(b.spacing))), row(b.offset_scale),
-                      jnp.zeros((1, 1), jnp.float32), jnp.asarray([key], jnp.uint32), jnp.ones(1, bool))
+    strokes = _one_stroke(start, control, end, p0, p1, radius, (0.0,), key)
     dabs, new_carry = _stroke_dabs_jit(strokes, jnp.asarray([carry], jnp.float32), max_dabs(config))
-    valid = np.asarray(dabs.valid[0])
-    out = np.stack([np.asarray(v[0])[valid] for v in (dabs.y, dabs.x, dabs.radius, dabs.alpha)], axis=1)
-    return out, float(new_carry[0])
+    return _valid_rows(dabs), float(new_carry[0])
+
+
+def jax_dabs_released(start, control, end, p0, p1, radius, key, carry=0.0, speed=0.0, lead=0.0,
+                      config: PaintConfig = PaintConfig(jump_start="released")):
+    """The JAX engine's released-mode dabs of one stroke (tests):
+    ((n, 4) [y, x, radius, alpha], carry, speed)."""
+    strokes = _one_stroke(start, control, end, p0, p1, radius, (0.0,), key)
+    row = lambda v: jnp.asarray([v], jnp.float32)
+    dabs, new_carry, new_speed = _stroke_dabs_released_jit(strokes, row(carry), row(speed), row(lead),
+                                                           max_dabs(config))
+    return _valid_rows(dabs), float(new_carry[0]), float(new_speed[0])

@@ -7,7 +7,15 @@ a pseudo-event at the start point when the brush was lifted (so that libmypaint 
 from there), then one ``stroke_to`` per Bezier point 1..50 with linearly interpolated pressure and
 ``dtime`` 0.1. libmypaint's own RNG (Knuth's, seeded once per brush) drives the dab noise, so its
 canvases are random and not reproducible from a seed: it is the statistical reference, not a
-replay engine.
+replay engine (two fresh engines given the same calls paint the same canvas, though).
+
+Released mode (``PaintConfig.jump_start="released"``): ``dtime`` is DeepMind's C float 0.1f, just
+above 0.1, so libmypaint's tablet workaround splits the pseudo-event of a stroke after a jump: the
+brush moves from the jump's (y, x) to the stroke's start (y, y) at pressure 0 (no paint) and only
+then takes the stroke's pressure. With a double 0.1 that move would paint a line whose pressure
+rises from 0. The library stays Debian's 1.6, which measures the stroke speed of dry_brush's
+radius term in pixels per second where DeepMind's 1.3.0 used basic radii per second
+(``envs/README.md``): its released mode matches DeepMind's call sequence, not 1.3.0's radii.
 
 Needs the system packages ``libmypaint-1.5-1`` and ``mypaint-brushes`` (Debian/Ubuntu); no
 compiler. The surface is libmypaint's fixed tiled surface (64×64 tiles of premultiplied RGBA in
@@ -37,7 +45,6 @@ BRUSH_DIRECTORIES = (
     "/usr/local/share/mypaint-data/1.0/brushes",
 )
 INSTALL_HINT = ("install the system packages: sudo apt-get install -y libmypaint-1.5-1 mypaint-brushes")
-DTIME = 0.1          # seconds between stroke_to events, as the released environment
 TILE = 64            # MYPAINT_TILE_SIZE
 FIX15_ONE = 1 << 15
 
@@ -151,6 +158,8 @@ class LibMyPaintCanvas:
         self._tiles = self._map_tiles(w)
         self._roi = _Rectangle()
         self._painting = False
+        # Seconds between stroke_to events: 0.1, or DeepMind's 0.1f in the released mode.
+        self.dtime = spec.RELEASED_DTIME if config.released else spec.DTIME
         self.reset()
 
     def _map_tiles(self, width):
@@ -199,7 +208,7 @@ class LibMyPaintCanvas:
         lib.mypaint_surface_begin_atomic(self._surface)
         lib.mypaint_brush_reset(self._brush)
         lib.mypaint_brush_new_stroke(self._brush)
-        lib.mypaint_brush_stroke_to(self._brush, self._surface, x, y, 0.0, 0.0, 0.0, DTIME)
+        lib.mypaint_brush_stroke_to(self._brush, self._surface, x, y, 0.0, 0.0, 0.0, self.dtime)
         lib.mypaint_surface_end_atomic(self._surface, ctypes.byref(self._roi))
         self._painting = False
 
@@ -217,9 +226,10 @@ class LibMyPaintCanvas:
         lib.mypaint_surface_begin_atomic(self._surface)
         if not self._painting:
             # The released env's pseudo-event: libmypaint then interpolates pressure from p0.
-            stroke_to(self._brush, self._surface, float(start[1]), float(start[0]), float(p0), 0.0, 0.0, DTIME)
+            stroke_to(self._brush, self._surface, float(start[1]), float(start[0]), float(p0), 0.0, 0.0,
+                      self.dtime)
         for (y, x), p in zip(points.tolist(), pressures.tolist()):
-            stroke_to(self._brush, self._surface, x, y, p, 0.0, 0.0, DTIME)
+            stroke_to(self._brush, self._surface, x, y, p, 0.0, 0.0, self.dtime)
         lib.mypaint_surface_end_atomic(self._surface, ctypes.byref(self._roi))
         self._painting = True
 

@@ -59,6 +59,12 @@ _Z_SCALE = spec.Z_SCALE
 _OPAQUE_BASE = spec.OPAQUE_BASE
 _OPAQUE_GAIN = spec.OPAQUE_GAIN
 _BELOW_ONE = spec.LARGEST_BELOW_ONE
+_SIX = F32(spec.DABS_PER_ACTUAL_RADIUS)
+_SPEED_LOG_C0 = spec.SPEED_LOG_C0
+_SPEED_LOG_C1 = spec.SPEED_LOG_C1
+_SPEED2_GAMMA = spec.SPEED2_GAMMA_F32
+_SPEED_FILTER_STEP = spec.SPEED_FILTER_STEP
+_WORKAROUND_FILTER_STEP = spec.WORKAROUND_FILTER_STEP
 _N_SEG = spec.N_SEGMENTS
 _F255 = F32(255.0)
 _MAGIC = F32(1.5 * 2 ** 23)
@@ -108,10 +114,8 @@ def _dab_noise(key, n, noise):
 
 
 @njit(cache=True, error_model="numpy")
-def stroke_dabs(sy, sx, cy, cx, ey, ex, p0, p1, r_a, spacing, inv_spacing, offset_scale, key, carry,
-                weights):
-    """The spec's dabs of one stroke: ((n, 4) float32 [y, x, radius, alpha], new carry)."""
-    # 1. Path: 51 Bezier points and the sequential cumulative length.
+def _path_points(sy, sx, cy, cx, ey, ex, weights):
+    """The 51 Bezier points Q_k of a stroke, float32 (qy, qx)."""
     qy = np.empty(_N_SEG + 1, np.float32)
     qx = np.empty(_N_SEG + 1, np.float32)
     # Q = P0 + w1·(P1 − P0) + w2·(P2 − P0): exact at both ends and for a stroke that stays put.
@@ -119,6 +123,29 @@ def stroke_dabs(sy, sx, cy, cx, ey, ex, p0, p1, r_a, spacing, inv_spacing, offse
     for k in range(_N_SEG + 1):
         qy[k] = (sy + weights[k, 1] * cdy) + weights[k, 2] * edy
         qx[k] = (sx + weights[k, 1] * cdx) + weights[k, 2] * edx
+    return qy, qx
+
+
+@njit(cache=True, error_model="numpy")
+def _noisy_dab(dabs, i, y, x, press, r_a, offset_scale, noise):
+    """Dab i's row [y, x, radius, alpha] from its noise-free centre, pressure and actual radius."""
+    amp = press * offset_scale
+    z = _Z_SCALE * noise[2, i]
+    e = _ONE + z * (_ONE + z * (_EXP_C2 + z * _EXP_C3))
+    opaque = (_OPAQUE_BASE + _OPAQUE_GAIN * press) * press
+    opaque = min(max(opaque, _ZERO), _ONE)
+    dabs[i, 0] = y + amp * noise[0, i]
+    dabs[i, 1] = x + amp * noise[1, i]
+    dabs[i, 2] = r_a * e
+    dabs[i, 3] = opaque * min(_ONE / (e * e), _ONE)
+
+
+@njit(cache=True, error_model="numpy")
+def stroke_dabs(sy, sx, cy, cx, ey, ex, p0, p1, r_a, spacing, inv_spacing, offset_scale, key, carry,
+                weights):
+    """The spec's dabs of one stroke: ((n, 4) float32 [y, x, radius, alpha], new carry)."""
+    # 1. Path: 51 Bezier points and the sequential cumulative length.
+    qy, qx = _path_points(sy, sx, cy, cx, ey, ex, weights)
     s = np.empty(_N_SEG + 1, np.float32)
     s[0] = _ZERO
     for k in range(_N_SEG):
@@ -145,18 +172,79 @@ def stroke_dabs(sy, sx, cy, cx, ey, ex, p0, p1, r_a, spacing, inv_spacing, offse
         x = qx[k] + f * (qx[k + 1] - qx[k])
         press = p0 + (p1 - p0) * ((F32(k) + f) * _ONE_FIFTIETH)
         # 4. Noise: offset, radius and the opacity that goes with them.
-        amp = press * offset_scale
-        z = _Z_SCALE * noise[2, i]
-        e = _ONE + z * (_ONE + z * (_EXP_C2 + z * _EXP_C3))
-        opaque = (_OPAQUE_BASE + _OPAQUE_GAIN * press) * press
-        opaque = min(max(opaque, _ZERO), _ONE)
-        dabs[i, 0] = y + amp * noise[0, i]
-        dabs[i, 1] = x + amp * noise[1, i]
-        dabs[i, 2] = r_a * e
-        dabs[i, 3] = opaque * min(_ONE / (e * e), _ONE)
+        _noisy_dab(dabs, i, y, x, press, r_a, offset_scale, noise)
     last = (F32(n - 1) + a) * spacing
     new_carry = min(max((total - last) * inv_spacing, _ZERO), _BELOW_ONE)
     return dabs, new_carry
+
+
+@njit(cache=True, error_model="numpy")
+def released_radius(radius, speed):
+    """libmypaint 1.3.0's actual radius: s·exp(c0 + c1·ln(γ + S)), S in basic radii per second."""
+    return radius * F32(np.exp(_SPEED_LOG_C0 + _SPEED_LOG_C1 * F32(np.log(_SPEED2_GAMMA + speed))))
+
+
+@njit(cache=True, error_model="numpy")
+def released_path(sy, sx, cy, cx, ey, ex, p0, p1, radius, dabs_per_base, speed_scale,
+                  workaround_speed_scale, carry, speed, lead, weights):
+    """The released mode's noise-free dabs (``stroke.reference_released_path``), float32.
+
+    Returns ((n, 4) [y, x, pressure, actual radius], new carry, new filtered speed). ``lead`` is
+    the length of the tablet workaround's pressure-0 move before the stroke (0 if none).
+    """
+    if lead > _ZERO:
+        # The pressure-0 move paints nothing, but moves the partial dab and the speed filter on.
+        moved = carry + lead * (_SIX / released_radius(radius, speed) + dabs_per_base)
+        carry = moved - F32(np.floor(moved))
+        speed = speed + (lead * workaround_speed_scale - speed) * _WORKAROUND_FILTER_STEP
+    qy, qx = _path_points(sy, sx, cy, cx, ey, ex, weights)
+    # Per event: the actual radius from the filtered speed at its start, the cumulative dab count.
+    cumulative = np.empty(_N_SEG + 1, np.float32)
+    radii = np.empty(_N_SEG, np.float32)
+    cumulative[0] = _ZERO
+    for k in range(_N_SEG):
+        dy = qy[k + 1] - qy[k]
+        dx = qx[k + 1] - qx[k]
+        length = np.sqrt(dy * dy + dx * dx)
+        r = released_radius(radius, speed)
+        radii[k] = r
+        cumulative[k + 1] = cumulative[k] + length * (_SIX / r + dabs_per_base)
+        speed = speed + (length * speed_scale - speed) * _SPEED_FILTER_STEP
+    total = cumulative[_N_SEG]
+    # Dab i where the count reaches i + 1 − carry.
+    a = _ONE - carry
+    n = 0
+    while F32(n) + a <= total:
+        n += 1
+    path = np.empty((n, 4), np.float32)
+    k = 0
+    for i in range(n):
+        sigma = F32(i) + a
+        while cumulative[k + 1] < sigma:
+            k += 1
+        f = (sigma - cumulative[k]) / (cumulative[k + 1] - cumulative[k])
+        path[i, 0] = qy[k] + f * (qy[k + 1] - qy[k])
+        path[i, 1] = qx[k] + f * (qx[k + 1] - qx[k])
+        path[i, 2] = p0 + (p1 - p0) * ((F32(k) + f) * _ONE_FIFTIETH)
+        path[i, 3] = radii[k]
+    new_carry = min(max(total - (F32(n - 1) + a), _ZERO), _BELOW_ONE)
+    return path, new_carry, speed
+
+
+@njit(cache=True, error_model="numpy")
+def stroke_dabs_released(sy, sx, cy, cx, ey, ex, p0, p1, radius, dabs_per_base, speed_scale,
+                         workaround_speed_scale, offset_scale, key, carry, speed, lead, weights):
+    """The released mode's dabs of one stroke: ((n, 4) [y, x, radius, alpha], carry, speed)."""
+    path, new_carry, new_speed = released_path(sy, sx, cy, cx, ey, ex, p0, p1, radius, dabs_per_base,
+                                               speed_scale, workaround_speed_scale, carry, speed,
+                                               lead, weights)
+    n = path.shape[0]
+    noise = np.empty((3, n), np.float32)
+    _dab_noise(key, n, noise)
+    dabs = np.empty((n, 4), np.float32)
+    for i in range(n):
+        _noisy_dab(dabs, i, path[i, 0], path[i, 1], path[i, 2], path[i, 3], offset_scale, noise)
+    return dabs, new_carry, new_speed
 
 
 @njit(cache=True, error_model="numpy")
@@ -305,11 +393,30 @@ def render_stroke(canvas, transmittance, sy, sx, cy, cx, ey, ex, p0, p1, r_a, sp
     """Paint one stroke into ``canvas`` in place; return (new carry, number of dabs)."""
     dabs, new_carry = stroke_dabs(sy, sx, cy, cx, ey, ex, p0, p1, r_a, spacing, inv_spacing,
                                   offset_scale, key, carry, weights)
+    _paint_dabs(canvas, transmittance, dabs, color)
+    return new_carry, dabs.shape[0]
+
+
+@njit(cache=True, error_model="numpy")
+def render_stroke_released(canvas, transmittance, sy, sx, cy, cx, ey, ex, p0, p1, radius,
+                           dabs_per_base, speed_scale, workaround_speed_scale, offset_scale, color,
+                           key, carry, speed, lead, weights):
+    """Paint one released-mode stroke (``stroke_dabs_released``) into ``canvas`` in place; return
+    (new carry, new filtered speed, number of dabs)."""
+    dabs, new_carry, new_speed = stroke_dabs_released(
+        sy, sx, cy, cx, ey, ex, p0, p1, radius, dabs_per_base, speed_scale, workaround_speed_scale,
+        offset_scale, key, carry, speed, lead, weights)
+    _paint_dabs(canvas, transmittance, dabs, color)
+    return new_carry, new_speed, dabs.shape[0]
+
+
+@njit(cache=True, error_model="numpy")
+def _paint_dabs(canvas, transmittance, dabs, color):
+    """Stamp the dabs into T (all ones outside the last bbox) and composite the colour through it."""
     height, width = transmittance.shape
     bbox = np.array([height, -1, width, -1], np.int64)
     stamp_dabs(transmittance, dabs, bbox)
     composite(canvas, transmittance, color, bbox)
-    return new_carry, dabs.shape[0]
 
 
 @njit(cache=True, error_model="numpy")
@@ -359,8 +466,10 @@ class NumbaCanvas:
     """One canvas and brush painted by the numba kernels (the default engine).
 
     The engine keeps what libmypaint's brush keeps between strokes: the partial-dab ``carry`` of a
-    connected stroke (reset to 0 by ``reset`` and ``jump``). Positions and radii are in pixels of
-    this canvas (already scaled by ``PaintEnv`` / ``render_program``).
+    connected stroke (reset to 0 by ``reset`` and ``jump``) and, in the released mode, the
+    filtered ``speed`` and where the brush really is (after a jump to (y, x), a stroke starting
+    elsewhere first moves it there without paint: the ``lead``). Positions and radii are in pixels
+    of this canvas (already scaled by ``PaintEnv`` / ``render_program``).
     """
 
     def __init__(self, config: PaintConfig):
@@ -371,31 +480,54 @@ class NumbaCanvas:
         self._weights = spec.bezier_weights()
         self._constants = {}
         self.carry = F32(0.0)
+        self.speed = F32(0.0)
+        self._pen = (F32(0.0), F32(0.0))
+        self._lifted = True
         self.last_dab_count = 0
 
     def reset(self):
         self.canvas.fill(self.config.background_value)
-        self.carry = F32(0.0)
+        self.jump(0.0, 0.0)
 
     def jump(self, y: float, x: float):
-        del y, x  # the numba engine needs no brush position; PaintEnv tracks it.
         self.carry = F32(0.0)
+        self.speed = F32(0.0)
+        self._pen = (F32(y), F32(x))
+        self._lifted = True
 
     def _brush(self, radius: float):
         consts = self._constants.get(radius)
         if consts is None:
-            b = spec.brush_constants(radius)
-            consts = (b.actual_radius, b.spacing, F32(1.0 / float(b.spacing)), b.offset_scale)
+            if self.config.released:
+                consts = spec.released_brush_constants(radius)
+            else:
+                b = spec.brush_constants(radius)
+                consts = (b.actual_radius, b.spacing, F32(1.0 / float(b.spacing)), b.offset_scale)
             self._constants[radius] = consts
         return consts
 
     def paint(self, start, control, end, p0, p1, radius, color, key):
-        r_a, spacing, inv_spacing, offset_scale = self._brush(radius)
-        self.carry, self.last_dab_count = render_stroke(
-            self.canvas, self._transmittance, F32(start[0]), F32(start[1]), F32(control[0]),
-            F32(control[1]), F32(end[0]), F32(end[1]), F32(p0), F32(p1), r_a, spacing, inv_spacing,
-            offset_scale, np.asarray(color, np.float32), np.uint64(key), F32(self.carry),
-            self._weights)
+        sy, sx, ey, ex = F32(start[0]), F32(start[1]), F32(end[0]), F32(end[1])
+        color = np.asarray(color, np.float32)
+        if self.config.released:
+            lead = F32(0.0)
+            if self._lifted:
+                dy, dx = sy - self._pen[0], sx - self._pen[1]
+                lead = np.sqrt(dy * dy + dx * dx)
+            b = self._brush(radius)
+            self.carry, self.speed, self.last_dab_count = render_stroke_released(
+                self.canvas, self._transmittance, sy, sx, F32(control[0]), F32(control[1]), ey, ex,
+                F32(p0), F32(p1), b.radius, b.dabs_per_base, b.speed_scale, b.workaround_speed_scale,
+                b.offset_scale, color, np.uint64(key), F32(self.carry), F32(self.speed), lead,
+                self._weights)
+        else:
+            r_a, spacing, inv_spacing, offset_scale = self._brush(radius)
+            self.carry, self.last_dab_count = render_stroke(
+                self.canvas, self._transmittance, sy, sx, F32(control[0]), F32(control[1]), ey, ex,
+                F32(p0), F32(p1), r_a, spacing, inv_spacing, offset_scale, color, np.uint64(key),
+                F32(self.carry), self._weights)
+        self._pen = (ey, ex)
+        self._lifted = False
 
     def observe(self, out_u8: np.ndarray, out_f32: np.ndarray):
         observe(self.canvas, out_u8, out_f32)
@@ -413,3 +545,22 @@ def numba_dabs(start, control, end, p0, p1, radius, key, carry=0.0):
                        F32(1.0 / float(b.spacing)), b.offset_scale, np.uint64(key), F32(carry),
                        spec.bezier_weights())
 
+
+
+def numba_released_path(start, control, end, p0, p1, radius, carry=0.0, speed=0.0, lead=0.0):
+    """The numba engine's released-mode noise-free dabs, for tests:
+    ((n, 4) [y, x, pressure, actual radius], carry, speed)."""
+    b = spec.released_brush_constants(radius)
+    return released_path(F32(start[0]), F32(start[1]), F32(control[0]), F32(control[1]), F32(end[0]),
+                         F32(end[1]), F32(p0), F32(p1), b.radius, b.dabs_per_base, b.speed_scale,
+                         b.workaround_speed_scale, F32(carry), F32(speed), F32(lead),
+                         spec.bezier_weights())
+
+
+def numba_dabs_released(start, control, end, p0, p1, radius, key, carry=0.0, speed=0.0, lead=0.0):
+    """The numba engine's released-mode dabs, for tests: ((n, 4) [y, x, radius, alpha], carry, speed)."""
+    b = spec.released_brush_constants(radius)
+    return stroke_dabs_released(F32(start[0]), F32(start[1]), F32(control[0]), F32(control[1]),
+                                F32(end[0]), F32(end[1]), F32(p0), F32(p1), b.radius, b.dabs_per_base,
+                                b.speed_scale, b.workaround_speed_scale, b.offset_scale,
+                                np.uint64(key), F32(carry), F32(speed), F32(lead), spec.bezier_weights())

@@ -7,7 +7,9 @@ action, as dm_env expects. Each action is a dict of int sub-actions (``spiral.en
 with pressure interpolated from the previous stroke's (constant when the brush was lifted
 before: after a reset or a jump) and the chosen ``size`` and colour; ``flag`` 0 lifts the brush
 and moves it to ``end``. The brush starts at (0, 0). Grid index → (y, x) row-major, pixel
-= canvas_width·c/grid_width; a jump moves the brush to (y, x) (not the released env's (y, y)).
+= canvas_width·c/grid_width; a jump moves the brush to (y, x). With ``jump_start="released"``
+the environment is DeepMind's released one (``PaintConfig.jump_start``): the stroke after a jump
+to (y, x) starts at (y, y), as its ``_update_brush_params(y=y, x=y)`` has it.
 
 Polarity: grayscale canvases paint black ink on white (``background="white"``, SPIRAL's
 libmypaint) or white ink on black (``background="black"``, as MNIST/Omniglot digits are stored);
@@ -20,6 +22,14 @@ cheaply); a canvas wider than ow is area-averaged exactly (canvas_width / ow pix
 observed pixel) before quantising. ``action_mask`` (one float per key, in ``action_spec`` order):
 all ones after a paint step; only ``flag`` and ``end`` after a jump and at reset. ``target`` in
 conditional mode: (ow, ow, C) float32 level/255, read-only, the same array for a whole episode.
+``episode_step`` and ``episode_length``: int32 scalars, as DeepMind's environment reports them:
+``episode_step`` is 0 at reset and k + 1 after the episode's k-th action (``episode_length`` at
+LAST); in the released mode a reset after the first episode reports ``episode_length`` (DeepMind's
+counter is read before it is reset). The agent may ignore both.
+
+DeepMind's ``action_mask`` is a dict of float scalars keyed by sub-action name; here it is a
+vector in ``action_spec`` order, so ``dict(zip(env.action_spec(), mask))`` (or
+``specs.action_mask_dict``) is DeepMind's dict, with the same keys and values.
 
 Targets (``spiral.envs.targets``): uint8 levels [N, ow, ow, C] are used as given, not copied (a
 read-only array shared between processes works); float32 targets in [0, 1] are quantised once, at
@@ -84,18 +94,22 @@ class PaintEnv(dm_env.Environment):
         k/255 with the canvases' rounding).
       l2_reward: conditional only: reward −Σ(canvas − target)² at the last step.
       observation_width: ow, the observed canvas and target width: 64 (SPIRAL), 32, 16 or 8.
+      jump_start: "corrected" (default) or "released" (DeepMind's released environment exactly;
+        ``PaintConfig.jump_start``).
     """
 
     def __init__(self, canvas_width: int = 64, grid_width: int = 32, episode_length: int = 20,
                  brush_sizes: Sequence[float] = specs.DEFAULT_BRUSH_SIZES, use_color: bool = False,
                  use_pressure: bool = True, background: str = "white", renderer: str = "numba",
                  seed: Optional[int] = None, targets: Optional[np.ndarray] = None,
-                 l2_reward: bool = False, observation_width: int = DEFAULT_OBSERVATION_WIDTH):
+                 l2_reward: bool = False, observation_width: int = DEFAULT_OBSERVATION_WIDTH,
+                 jump_start: str = "corrected"):
         self.config = PaintConfig(canvas_width=canvas_width, grid_width=grid_width,
                                   episode_length=episode_length, brush_sizes=tuple(brush_sizes),
                                   use_color=use_color, use_pressure=use_pressure,
                                   background=background, conditional=targets is not None,
-                                  l2_reward=l2_reward, observation_width=observation_width)
+                                  l2_reward=l2_reward, observation_width=observation_width,
+                                  jump_start=jump_start)
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < MAX_SEED:
@@ -119,6 +133,7 @@ class PaintEnv(dm_env.Environment):
         self._radii = list(self.config.pixel_radii)
         self._colors = _COLORS
         self._ink = (self.config.ink_value,) * self.config.channels
+        self._episode_length = np.array(self.config.episode_length, np.int32)
         self._episode = -1
         self._t = 0
         self._step_type = None
@@ -149,7 +164,8 @@ class PaintEnv(dm_env.Environment):
             target = target_data.levels_to_float(self._targets[self._target_index])
             target.flags.writeable = False
             self._target = target
-        self._program = Program(self.seed, self._episode, self.config.background, self.config.channels)
+        self._program = Program(self.seed, self._episode, self.config.background, self.config.channels,
+                                jump_start=self.config.jump_start)
         self._step_type = dm_env.StepType.FIRST
         return dm_env.restart(self._observation(self._jump_mask))
 
@@ -166,6 +182,8 @@ class PaintEnv(dm_env.Environment):
             self._program.steps.append(Jump(self._normalise(end)))
             self._painting = False
             mask = self._jump_mask
+            if self.config.released:
+                end = (end[0], end[0])   # DeepMind's _update_brush_params(y=y, x=y)
         self._brush = end
         self._t += 1
         observation = self._observation(mask)
@@ -182,7 +200,7 @@ class PaintEnv(dm_env.Environment):
         if self._program is None:
             raise ValueError("No episode yet: call reset() first.")
         p = self._program
-        return Program(p.seed, p.episode, p.background, p.channels, list(p.steps))
+        return Program(p.seed, p.episode, p.background, p.channels, list(p.steps), p.jump_start)
 
     @property
     def episode(self) -> int:
@@ -258,10 +276,18 @@ class PaintEnv(dm_env.Environment):
         canvas = np.empty(shape, np.float32)
         self._engine.observe(levels, canvas)
         self._last_uint8 = levels
-        observation = {"canvas": canvas, "action_mask": mask.copy()}
+        observation = {"canvas": canvas, "action_mask": mask.copy(),
+                       "episode_step": np.array(self._episode_step(), np.int32),
+                       "episode_length": self._episode_length.copy()}
         if self._targets is not None:
             observation["target"] = self._target
         return observation
+
+    def _episode_step(self) -> int:
+        if self._t == 0:
+            # DeepMind's reset reports its counter before resetting it: the last episode's length.
+            return self.config.episode_length if self.config.released and self._episode > 0 else 0
+        return self._t + 1
 
     def _final_reward(self) -> float:
         if not self.config.l2_reward:

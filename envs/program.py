@@ -6,6 +6,10 @@ grid cell c of a 32-grid sits at c / 32 at any resolution, and a radius is r_px 
 value for grayscale, the ink). Every entry of ``steps`` is one action of the episode, in order,
 so entry i used the RNG key ``stroke_key(seed, episode, i)``; replaying with the same seed
 reproduces the numba/JAX canvas exactly, at any ``canvas_width`` with the same look.
+
+``jump_start`` is the environment mode the program was painted in (``PaintConfig.jump_start``):
+a released-mode stroke after a jump to (y, x) starts at (y, y), and the replay needs the mode to
+paint it as the environment did. JSON without the key (older programs) reads as "corrected".
 """
 
 from __future__ import annotations
@@ -45,12 +49,14 @@ Step = Union[Stroke, Jump]
 
 @dataclasses.dataclass
 class Program:
-    """One episode's steps plus what a replay needs: the env seed, the episode index, the background."""
+    """One episode's steps plus what a replay needs: the env seed, the episode index, the
+    background, the environment mode."""
     seed: int
     episode: int
     background: str = "white"
     channels: int = 1
     steps: List[Step] = dataclasses.field(default_factory=list)
+    jump_start: str = "corrected"
 
     @property
     def strokes(self) -> List[Stroke]:
@@ -67,7 +73,7 @@ class Program:
                 steps.append({"type": "jump", "end": list(s.end)})
         return {"version": FORMAT_VERSION, "coordinates": "(y, x) / canvas_width", "seed": self.seed,
                 "episode": self.episode, "background": self.background, "channels": self.channels,
-                "steps": steps}
+                "jump_start": self.jump_start, "steps": steps}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Program":
@@ -85,7 +91,7 @@ class Program:
             else:
                 raise ValueError(f"Program step {i} has type {kind!r}; expected 'stroke' or 'jump'.")
         return cls(int(data["seed"]), int(data["episode"]), data["background"], int(data["channels"]),
-                   steps)
+                   steps, data.get("jump_start", "corrected"))
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -106,7 +112,7 @@ def render_program(program: Program, canvas_width: int = 64, renderer: str = "nu
     from spiral.envs.engines import make_engine
 
     config = PaintConfig(canvas_width=canvas_width, use_color=program.channels == 3,
-                         background=program.background)
+                         background=program.background, jump_start=program.jump_start)
     engine = make_engine(renderer, config)
     engine.reset()
     use_seed = program.seed if seed is None else seed

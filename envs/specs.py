@@ -6,11 +6,13 @@ lives here, as plain values and small pure functions (SPIRAL.md §1):
 * the sub-action keys, in the order the agent samples them (``ACTION_ORDER``);
 * their sizes, built from the environment options (``action_spec``);
 * the action masks after a paint step and after a jump or reset (``action_mask``);
-* how a grid index becomes a canvas position (``grid_to_canvas``).
+* how a grid index becomes a canvas position (``grid_to_canvas``);
+* DeepMind's form of the action mask, a dict of scalars (``action_mask_dict``).
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -18,6 +20,8 @@ from dm_env import specs
 
 # The order in which the agent samples the sub-actions (the released agent's order).
 ACTION_ORDER = ("flag", "end", "control", "size", "pressure", "red", "green", "blue")
+# The order of DeepMind's environment's action spec and action-mask dict.
+DEEPMIND_ACTION_ORDER = ("control", "end", "flag", "pressure", "size", "red", "green", "blue")
 LOCATION_KEYS = ("end", "control")
 COLOR_KEYS = ("red", "green", "blue")
 # Keys that still matter after a jump (flag = 0) and at reset: a jump only uses `end`.
@@ -81,12 +85,28 @@ def action_mask(keys: Sequence[str], painted: bool) -> np.ndarray:
     return np.array([1.0 if k in JUMP_KEYS else 0.0 for k in keys], np.float32)
 
 
+def action_mask_dict(keys: Sequence[str], mask) -> "collections.OrderedDict[str, float]":
+    """DeepMind's form of an action mask: {sub-action name: 0.0 or 1.0}, in its key order.
+
+    ``mask`` is this project's vector (one float per key of ``keys``, ``action_spec`` order); the
+    dict has the same keys and values, ordered as DeepMind's ``LibMyPaint.ACTION_MASKS``.
+    """
+    mask = np.asarray(mask, np.float32)
+    if mask.shape != (len(keys),):
+        raise ValueError(f"mask must have one value per key {list(keys)}, got shape {mask.shape}.")
+    value = dict(zip(keys, mask.tolist()))
+    return collections.OrderedDict((k, value[k]) for k in DEEPMIND_ACTION_ORDER if k in value)
+
+
 def observation_spec(keys: Sequence[str], channels: int, width: int = 64,
                      conditional: bool = False) -> dict[str, specs.Array]:
-    """Observation spec: `canvas` (width, width, C) float32 in [0, 1], `action_mask`, maybe `target`."""
+    """Observation spec: `canvas` (width, width, C) float32 in [0, 1], `action_mask`, DeepMind's
+    `episode_step` and `episode_length` (int32 scalars), and `target` in conditional mode."""
     out = {
         "canvas": specs.BoundedArray((width, width, channels), np.float32, 0.0, 1.0, name="canvas"),
         "action_mask": specs.BoundedArray((len(keys),), np.float32, 0.0, 1.0, name="action_mask"),
+        "episode_step": specs.Array((), np.int32, name="episode_step"),
+        "episode_length": specs.Array((), np.int32, name="episode_length"),
     }
     if conditional:
         out["target"] = specs.BoundedArray((width, width, channels), np.float32, 0.0, 1.0,

@@ -59,6 +59,32 @@ OPAQUE_GAIN = F32(0.2)
 R_AREA_1_F32 = F32(R_AREA_1)
 LARGEST_BELOW_ONE = F32(np.nextafter(F32(1.0), F32(0.0)))
 
+# ---- the released mode: libmypaint 1.3.0's speed term, DeepMind's dtime -------------------------
+# dry_brush's radius is exp(radius_logarithmic) with radius_logarithmic = ln(s) + y(speed2), the
+# speed2 input = m·ln(γ + S) + q of the low-pass filtered speed S (time constant speed2_slowness)
+# and y the setting's two-point input curve. libmypaint 1.3.0 measures S in basic radii per second
+# (``norm_dx = step_dx / step_dtime / base_radius``); Debian's 1.6 in pixels per second.
+DTIME = 0.1                                      # seconds per stroke_to event (SPIRAL's env)
+RELEASED_DTIME = float(F32(0.1))                 # DeepMind passes 0.1 as a C float: 0.1f > 0.1
+# libmypaint's tablet workaround: an event with pressure after a pressure-0 state and dtime > 0.1
+# is split into a pressure-0 event of dtime − 0.0001 and the event itself with dtime 0.0001.
+WORKAROUND_DTIME = RELEASED_DTIME - 0.0001
+SPEED2_GAMMA = math.exp(4.0)                     # exp(speed2_gamma)
+SPEED2_SLOWNESS = 0.8                            # seconds
+SPEED_MAP_M = 0.015 * (45.0 + SPEED2_GAMMA)      # libmypaint's fixed points: y = 0.5 at x = 45,
+SPEED_MAP_Q = 0.5 - SPEED_MAP_M * math.log(45.0 + SPEED2_GAMMA)   # slope 0.015 there
+RADIUS_SPEED2_CURVE = ((0.0, 0.042857), (4.0, -0.3))              # radius_logarithmic ← speed2
+_CURVE_SLOPE = ((RADIUS_SPEED2_CURVE[1][1] - RADIUS_SPEED2_CURVE[0][1])
+                / (RADIUS_SPEED2_CURVE[1][0] - RADIUS_SPEED2_CURVE[0][0]))
+# y(speed2(S)) = SPEED_LOG_C0 + SPEED_LOG_C1·ln(γ + S): the curve is one line (two points), and
+# libmypaint extrapolates it beyond them.
+SPEED_LOG_C0 = F32(RADIUS_SPEED2_CURVE[0][1] + _CURVE_SLOPE * (SPEED_MAP_Q - RADIUS_SPEED2_CURVE[0][0]))
+SPEED_LOG_C1 = F32(_CURVE_SLOPE * SPEED_MAP_M)
+SPEED2_GAMMA_F32 = F32(SPEED2_GAMMA)
+# The filter's update over one event (S += (v − S)·F) and over the workaround's pressure-0 event.
+SPEED_FILTER_STEP = F32(1.0 - math.exp(-RELEASED_DTIME / SPEED2_SLOWNESS))
+WORKAROUND_FILTER_STEP = F32(1.0 - math.exp(-WORKAROUND_DTIME / SPEED2_SLOWNESS))
+
 # ---- the counter-based hash RNG ----------------------------------------------------------------
 MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9                  # odd: i·GOLDEN mod 2^32 is distinct for distinct i
@@ -151,6 +177,21 @@ def brush_constants(radius: float) -> BrushConstants:
                           F32(OFFSET_BY_RANDOM * radius))
 
 
+class ReleasedBrushConstants(NamedTuple):
+    """The float32 per-stroke constants of the released mode (1.3.0's speed term), per base radius s."""
+    radius: np.float32
+    dabs_per_base: np.float32          # 6 / s: dabs_per_basic_radius per pixel
+    speed_scale: np.float32            # 1 / (dtime · s): pixels per event → basic radii per second
+    workaround_speed_scale: np.float32 # the same over the tablet workaround's pressure-0 event
+    offset_scale: np.float32           # 1.4 · s
+
+
+def released_brush_constants(radius: float) -> ReleasedBrushConstants:
+    return ReleasedBrushConstants(F32(radius), F32(DABS_PER_BASIC_RADIUS / radius),
+                                  F32(1.0 / (RELEASED_DTIME * radius)),
+                                  F32(1.0 / (WORKAROUND_DTIME * radius)), F32(OFFSET_BY_RANDOM * radius))
+
+
 def max_path_length(canvas_width: int, grid_width: int) -> float:
     """An upper bound on a stroke's polyline length: the control polygon, corner to corner twice."""
     extent = canvas_width - canvas_width / grid_width   # grid positions lie in [0, extent]
@@ -160,6 +201,22 @@ def max_path_length(canvas_width: int, grid_width: int) -> float:
 def max_dabs(min_radius: float, path_length: float) -> int:
     """Dabs a stroke of at most ``path_length`` can hold at the smallest radius (+2 for carry/rounding)."""
     return int(math.floor(path_length / dab_spacing(min_radius))) + 2
+
+
+def max_dabs_released(min_radius: float, canvas_width: int, grid_width: int) -> int:
+    """``max_dabs`` for the released mode, whose dab density 6/r + 6/s grows with the filtered speed.
+
+    The filtered speed S never exceeds the fastest event (a path segment is at most 1/50 of the
+    Bezier's largest speed, 2·√2·extent) or the workaround move's one filter step (at most
+    √2·extent in 0.1f − 0.0001 s); the density is largest at that S and the smallest radius.
+    """
+    extent = canvas_width - canvas_width / grid_width
+    fastest_event = 2.0 * math.sqrt(2.0) * extent / N_SEGMENTS / (RELEASED_DTIME * min_radius)
+    after_lead = (1.0 - math.exp(-WORKAROUND_DTIME / SPEED2_SLOWNESS)) * (
+        math.sqrt(2.0) * extent / (WORKAROUND_DTIME * min_radius))
+    smallest = released_actual_radius(min_radius, max(fastest_event, after_lead))
+    density = DABS_PER_ACTUAL_RADIUS / smallest + DABS_PER_BASIC_RADIUS / min_radius
+    return int(math.floor(max_path_length(canvas_width, grid_width) * density)) + 2
 
 
 # ---- float64 reference implementation (tests) -------------------------------------------------
@@ -210,6 +267,88 @@ def reference_dabs(start, control, end, p0, p1, radius, key, carry=0.0) -> Dabs:
         i += 1
     new_carry = (S[-1] - (i - carry) * spacing) / spacing   # distance since the last dab, in dabs
     return Dabs(*(np.array(v, np.float64) for v in (ys, xs, rs, alphas, ps)), float(new_carry))
+
+
+def released_actual_radius(radius: float, speed: float) -> float:
+    """libmypaint 1.3.0's actual radius for base radius s and filtered speed S (basic radii / s):
+    exp(ln s + y(speed2)), speed2 = m·ln(γ + S) + q, y the radius_logarithmic input curve."""
+    speed2 = SPEED_MAP_M * math.log(SPEED2_GAMMA + speed) + SPEED_MAP_Q
+    (x0, y0), (x1, y1) = RADIUS_SPEED2_CURVE
+    return math.exp(math.log(radius) + (y1 * (speed2 - x0) + y0 * (x1 - speed2)) / (x1 - x0))
+
+
+class ReleasedPath(NamedTuple):
+    """A released-mode stroke before the noise: per dab centre, pressure and actual radius, plus
+    the brush state after the stroke (partial-dab carry and filtered speed)."""
+    y: np.ndarray
+    x: np.ndarray
+    pressure: np.ndarray
+    actual_radius: np.ndarray
+    carry: float
+    speed: float
+
+    @property
+    def count(self) -> int:
+        return len(self.y)
+
+
+def reference_released_path(start, control, end, p0, p1, radius, carry=0.0, speed=0.0,
+                            lead=0.0) -> ReleasedPath:
+    """The released mode's noise-free dabs of one stroke in float64, written plainly (slow).
+
+    ``speed``: the filtered speed S carried from the previous connected stroke (0 after a reset or
+    a jump); ``lead``: the length of the pressure-0 move that libmypaint's tablet workaround makes
+    before the stroke (the brush at (y, x) after a jump, the stroke starting at (y, y)), 0 if none.
+
+    Per event k (path segment Q_k → Q_k+1, length L_k, dtime 0.1f): the actual radius is
+    r_k = released_actual_radius(s, S_k), with S_k the filtered speed at the event's start, the
+    dab density 6/r_k + 6/s dabs per pixel, N_k the cumulative dab count; then
+    S_k+1 = S_k + (v_k − S_k)·(1 − e^(−dtime/0.8)), v_k = L_k / (dtime · s). Dab i sits where
+    N = i + 1 − carry, linearly within its event.
+    """
+    if lead > 0.0:
+        n_lead = lead * (DABS_PER_ACTUAL_RADIUS / released_actual_radius(radius, speed)
+                         + DABS_PER_BASIC_RADIUS / radius)
+        carry = (carry + n_lead) % 1.0
+        v = lead / (WORKAROUND_DTIME * radius)
+        speed += (v - speed) * (1.0 - math.exp(-WORKAROUND_DTIME / SPEED2_SLOWNESS))
+    P = np.array([start, control, end], np.float64)
+    t = np.arange(N_SEGMENTS + 1) / N_SEGMENTS
+    Q = ((1 - t) ** 2)[:, None] * P[0] + (2 * (1 - t) * t)[:, None] * P[1] + (t ** 2)[:, None] * P[2]
+    N, radii = [0.0], []
+    for k in range(N_SEGMENTS):
+        length = math.hypot(*(Q[k + 1] - Q[k]))
+        r = released_actual_radius(radius, speed)
+        radii.append(r)
+        N.append(N[-1] + length * (DABS_PER_ACTUAL_RADIUS / r + DABS_PER_BASIC_RADIUS / radius))
+        v = length / (RELEASED_DTIME * radius)
+        speed += (v - speed) * (1.0 - math.exp(-RELEASED_DTIME / SPEED2_SLOWNESS))
+    ys, xs, ps, rs = [], [], [], []
+    i = 0
+    while i + 1 - carry <= N[-1]:
+        n = i + 1 - carry
+        k = max(j for j in range(N_SEGMENTS) if N[j] < n)
+        f = (n - N[k]) / (N[k + 1] - N[k])
+        cy, cx = Q[k] + f * (Q[k + 1] - Q[k])
+        ys.append(cy), xs.append(cx), rs.append(radii[k])
+        ps.append(p0 + (p1 - p0) * (k + f) / N_SEGMENTS)
+        i += 1
+    new_carry = N[-1] - (i - carry)
+    return ReleasedPath(*(np.array(v, np.float64) for v in (ys, xs, ps, rs)), float(new_carry), float(speed))
+
+
+def reference_dabs_released(start, control, end, p0, p1, radius, key, carry=0.0, speed=0.0,
+                            lead=0.0):
+    """The released mode's dabs (``reference_released_path`` plus the spec's noise), float64:
+    (Dabs, new speed)."""
+    path = reference_released_path(start, control, end, p0, p1, radius, carry, speed, lead)
+    g = dab_gaussians(key, np.arange(path.count)).astype(np.float64).reshape(path.count, 3)
+    amp = OFFSET_BY_RANDOM * path.pressure * radius
+    e = exp_cubic(RADIUS_BY_RANDOM * g[:, 2])
+    opaque = np.clip((0.8 + 0.2 * path.pressure) * path.pressure, 0.0, 1.0)
+    dabs = Dabs(path.y + amp * g[:, 0], path.x + amp * g[:, 1], path.actual_radius * e,
+                opaque * np.minimum(1.0, 1.0 / (e * e)), path.pressure, path.carry)
+    return dabs, path.speed
 
 
 def opacity_two_segments(rr, hardness=HARDNESS):
