@@ -98,6 +98,10 @@ def _define(p: dict, fv: flags.FlagValues) -> None:
         flag_values=fv)
     flags.DEFINE_list("brush_sizes", ["1", "2", "4", "8", "12", "24"], "Brush radii in pixels of a 64 canvas.",
         flag_values=fv)
+    flags.DEFINE_enum("jump_start", "corrected", ["corrected", "released"],
+                      "corrected: a stroke after a jump starts where the brush jumped. released: "
+                      "DeepMind's released environment exactly (the (y, y) start after a jump, "
+                      "libmypaint 1.3.0's brush speed term, dtime 0.1f; envs/README.md).", flag_values=fv)
     # Agent and policy learner.
     flags.DEFINE_enum("network", "full", list(AGENT_SIZES), "Agent size: full (SPIRAL's, 1.6 M params), small, tiny.",
         flag_values=fv)
@@ -216,7 +220,7 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
                       episode_length=values["episode_length"], brush_sizes=brush_sizes,
                       use_color=values["use_color"], use_pressure=values["use_pressure"],
                       conditional=values["conditional"],
-                      observation_width=values["observation_width"])
+                      observation_width=values["observation_width"], jump_start=values["jump_start"])
     agent = AgentConfig(canvas_width=env.observation_width, grid_width=env.grid_width, brush_sizes=env.brush_sizes,
                         use_color=env.use_color, use_pressure=env.use_pressure,
                         conditional=env.conditional, **AGENT_SIZES[values["network"]])
