@@ -139,7 +139,7 @@ def make_env(env_config: PaintConfig, seed: int, targets: Optional[np.ndarray] =
                     episode_length=env_config.episode_length, brush_sizes=env_config.brush_sizes,
                     use_color=env_config.use_color, use_pressure=env_config.use_pressure,
                     background=env_config.background, renderer="numba", seed=seed, targets=targets,
-                    observation_width=env_config.observation_width)
+                    observation_width=env_config.observation_width, jump_start=env_config.jump_start)
 
 
 def paint_episodes(env_config: PaintConfig, policy: Policy, num_episodes: int, seed: int,
