@@ -353,6 +353,7 @@ def test_omniglot_download_verifies_decoded_images(data_dir, tmp_path, monkeypat
 # CelebA.
 
 
+@pytest.mark.celeba
 def test_celeba_shared_subset(data_dir):
     train = datasets.load_dataset("celeba", "train")
     assert (train.name, train.split, train.labels) == ("celeba", "train", None)
@@ -372,6 +373,7 @@ def test_celeba_shared_subset(data_dir):
             datasets.load_celeba(split)
 
 
+@pytest.mark.celeba
 def test_celeba_full_size_images_crop_the_same_face(data_dir):
     """The 178×218 originals and the 89×109 copies of the same IDs give nearly the same 64×64 crops."""
     full = datasets.load_celeba("train", path=data_dir / "celeba" / "celeba_align_178x218_000001-000032.zip")
@@ -382,6 +384,7 @@ def test_celeba_full_size_images_crop_the_same_face(data_dir):
     assert same.max() < 0.03 and other.min() > 0.05
 
 
+@pytest.mark.celeba
 def test_celeba_official_names_partition_file_and_id_ranges(data_dir, tmp_path):
     jpegs = celeba_jpegs(data_dir, 5)
     # The official unzipped folder in data_dir/celeba, with no partition file: ID ranges decide.
@@ -508,6 +511,7 @@ def test_bad_omniglot_files(data_dir, tmp_path):
         datasets.load_omniglot("test", tmp_path, download=False)
 
 
+@pytest.mark.celeba
 def test_bad_celeba_files(data_dir, tmp_path):
     jpeg = celeba_jpegs(data_dir, 1)[1]
     source = tmp_path / "faces.zip"

@@ -161,6 +161,7 @@ def test_evaluate_command_line(trained, tmp_path):
     assert bad.returncode != 0 and "No checkpoint" in bad.stderr
 
 
+@pytest.mark.celeba
 def test_celeba_without_test_images_uses_the_last_training_images(data_dir):
     """The shared CelebA subset holds training-partition images only: the held-out set falls back
     to the last training images, and says so."""
