@@ -17,8 +17,12 @@ Public API:
 * ``evaluate_policy``, ``reference_metrics``, ``checkpoint_metrics(config, policy_params, seed)``,
   ``log_checkpoint_metrics`` (``scoring``): scores with their blank / random / real references;
   the per-checkpoint hook every runtime calls (``eval_log.jsonl`` + TensorBoard ``eval/*``).
+* ``report_run``, ``find_members``, ``load_member``, ``write_report`` (``run_report``): a run's (or
+  a population's) self-contained HTML page, from its TensorBoard events (``events``), its
+  ``eval_log.jsonl`` and its evaluation folders, with inline-SVG curves (``charts``).
 
-``launch/evaluate.py`` is the command line; ``benchmarks/learning_curve.py`` compares rewards.
+``launch/evaluate.py`` and ``launch/report.py`` are the command lines; ``benchmarks/learning_curve.py``
+compares rewards.
 """
 
 from spiral.evaluation.checkpoint import LoadedPolicy, load_checkpoint, load_policy
