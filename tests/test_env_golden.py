@@ -19,7 +19,8 @@ from spiral.envs import PaintEnv
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 CASES = [("gray_seed0", dict(seed=0, episode_length=8)), ("gray_seed1", dict(seed=1, episode_length=8)),
          ("colour_seed2", dict(seed=2, use_color=True, episode_length=8)),
-         ("gray128_seed3", dict(seed=3, canvas_width=128, episode_length=8))]
+         ("gray128_seed3", dict(seed=3, canvas_width=128, episode_length=8)),
+         ("gray_released_seed5", dict(seed=5, episode_length=8, jump_start="released"))]
 
 
 def _episode(renderer, **kwargs):
@@ -51,7 +52,7 @@ def test_numba_golden(name, kwargs):
     assert 0.05 < (levels.min(axis=2) < 128).mean() < 0.8, "a golden episode should be legible strokes"
 
 
-@pytest.mark.parametrize("name, kwargs", CASES[:2])
+@pytest.mark.parametrize("name, kwargs", CASES[:2] + CASES[-1:])
 def test_jax_matches_golden(name, kwargs):
     expected = np.asarray(Image.open(GOLDEN / f"{name}.png"))[..., None]
     assert _close(_episode("jax", **kwargs), expected)

@@ -104,14 +104,15 @@ def _levels(canvas):
     return np.rint(np.asarray(canvas, np.float64) * 255)
 
 
-def test_batched_env_matches_paint_env_over_two_episodes():
+@pytest.mark.parametrize("jump_start", ["corrected", "released"])
+def test_batched_env_matches_paint_env_over_two_episodes(jump_start):
     """lax.scan over jax_engine.step (auto-reset after LAST) against B numba PaintEnvs."""
-    config, batch, steps = PaintConfig(episode_length=8), 4, 17
+    config, batch, steps = PaintConfig(episode_length=8, jump_start=jump_start), 4, 17
     acts = _random_actions(config, steps, batch)
     state = je.reset(40, batch, config)
     first = je.timestep(state)
     final, timesteps = jax.jit(lambda s, a: jax.lax.scan(je.step, s, a))(state, acts)
-    envs = [PaintEnv(episode_length=8, seed=40 + b) for b in range(batch)]
+    envs = [PaintEnv(episode_length=8, seed=40 + b, jump_start=jump_start) for b in range(batch)]
     differing, total = 0, 0
     for b, env in enumerate(envs):
         ts = env.reset()
@@ -121,8 +122,9 @@ def test_batched_env_matches_paint_env_over_two_episodes():
             ts = env.step({k: int(v[t, b]) for k, v in acts.items()})
             assert int(timesteps.step_type[t, b]) == int(ts.step_type), (t, b)
             assert float(timesteps.discount[t, b]) == (0.0 if ts.last() else 1.0)
-            np.testing.assert_array_equal(np.asarray(timesteps.observation["action_mask"][t, b]),
-                                          ts.observation["action_mask"])
+            for key in ("action_mask", "episode_step", "episode_length"):
+                np.testing.assert_array_equal(np.asarray(timesteps.observation[key][t, b]),
+                                              ts.observation[key])
             diff = np.abs(_levels(ts.observation["canvas"]) - _levels(timesteps.observation["canvas"][t, b]))
             assert diff.max() <= 1
             differing += int((diff > 0).sum())
