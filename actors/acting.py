@@ -125,7 +125,8 @@ class EpisodeRunner:
         self.num_steps = env.episode_length - 1
         # Sampling uses the direct transposed convolutions whatever the learner uses: the same
         # function and parameters, and the faster form at actor batch sizes (learner_throughput).
-        self.agent = Agent(config.agent, config.policy.compute_dtype, "direct")
+        self.agent = Agent(config.agent, config.policy.compute_dtype, "direct",
+                           config.policy.narrow_convs)
         self._keys = config.agent.action_keys
         self._base_key = jax.random.PRNGKey(int(seeds[k]))
         self._policy_step = jax.jit(self._make_policy_step())

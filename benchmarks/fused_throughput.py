@@ -92,13 +92,14 @@ def _median_seconds(fn, steps: int) -> float:
     return statistics.median(times)
 
 
-def fused_row(config, steps: int, breakdown: bool) -> dict:
+def fused_row(config, steps: int, breakdown: bool, data=None) -> dict:
+    """``data``: a ``fused.FusedData`` (default: the run's dataset, ``fused.load_data``)."""
     import jax
     import jax.numpy as jnp
     from spiral.actors import fused
     from spiral.discriminator import learning as disc_learning
     parts = fused.make_parts(config)
-    data = jax.tree.map(jnp.asarray, fused.load_data(config))
+    data = jax.tree.map(jnp.asarray, fused.load_data(config) if data is None else data)
     state = parts.init_state(data)
     # Steady state: a full replay, so every step has its discriminator update (as in a long run).
     capacity = config.discriminator.replay_capacity
@@ -140,15 +141,15 @@ def fused_row(config, steps: int, breakdown: bool) -> dict:
 def baseline_row(config, steps: int) -> dict:
     """The local runtime's work for one update, in this process (no queue, no workers)."""
     import jax
-    from spiral.actors import driver
     from spiral.actors.acting import EpisodeRunner
+    from spiral.actors.runtime import load_run_data
     from spiral.discriminator import DiscriminatorLearner, Replay
     from spiral.learner import PolicyLearner
     runner = EpisodeRunner(config, actor_index=0)
     learner = PolicyLearner(config.agent, config.policy, seed=0)
     disc = DiscriminatorLearner(config.discriminator, seed=0)
     replay = Replay.from_config(config.discriminator)
-    real = driver.load_images(config)
+    real = load_run_data(config).images
     replay.add(np.resize(real, (replay.capacity,) + real.shape[1:]))   # steady state, as fused_row
 
     def run():
@@ -202,7 +203,7 @@ def throughput_table(args, on_gpu: bool) -> list[str]:
 
 def mnist_run(args) -> None:
     """A fixed-time unconditional MNIST run with the fused runtime, evaluated like any checkpoint."""
-    from spiral.actors import fused
+    from spiral.actors import run_loop
     from spiral.evaluation.report import evaluate_checkpoint
     from spiral.launch import flags as launch_flags
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="fused_mnist_")
@@ -212,7 +213,7 @@ def mnist_run(args) -> None:
             1.0, args.mnist_minutes / 5), log_every_seconds=15)
     config = launch_flags.config_from_values(values)
     print(launch_flags.describe(config), flush=True)
-    result = fused.train(config)
+    result = run_loop.train(config)
     counters = result["counters"]
     print(f"trained {counters['updates']} updates, {counters['agent_steps']:,} agent steps in "
           f"{counters['elapsed_s']:.0f} s ({counters['agent_steps'] / max(counters['elapsed_s'], 1e-9):,.0f} "

@@ -122,6 +122,10 @@ def _define(p: dict, fv: flags.FlagValues) -> None:
                       "Form of the location decoder's transposed convolutions in the learner (same "
                       "function; depth_to_space updates ~2x faster on CPU). Actors always sample "
                       "with direct, faster at their batch sizes.", flag_values=fv)
+    flags.DEFINE_enum("narrow_convs", "direct", ["direct", "taps"],
+                      "Form of the few-channel convolutions (the torso's input conv, the location "
+                      "decoders' final conv) in the learner and the actors: same function; taps is "
+                      "faster on CPU for --network=tiny.", flag_values=fv)
     flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Learner compute precision.",
         flag_values=fv)
     # Discriminator.
@@ -231,7 +235,8 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
                                  value_normalisation=values["value_normalisation"],
                                  value_stats_step=values["value_stats_step"],
                                  compute_dtype=values["compute_dtype"],
-                                 transposed_conv=values["learner_transposed_conv"])
+                                 transposed_conv=values["learner_transposed_conv"],
+                                 narrow_convs=values["narrow_convs"])
     disc = DiscriminatorConfig(loss=values["discriminator_loss"], image_channels=env.channels,
                                conditional=env.conditional,
                                complement=values["complement_discriminator"],

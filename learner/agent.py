@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from spiral.learner import networks
-from spiral.learner.config import AgentConfig, compute_dtype_for, TRANSPOSED_CONV_IMPLS
+from spiral.learner.config import (AgentConfig, NARROW_CONV_IMPLS, TRANSPOSED_CONV_IMPLS,
+                                   compute_dtype_for)
 from spiral.learner.types import AgentState, LSTMState, Observation
 
 Array = jax.Array
@@ -61,10 +62,14 @@ class Agent:
     """The SPIRAL agent network for one ``AgentConfig``; holds no parameters itself."""
 
     def __init__(self, config: AgentConfig, compute_dtype: str = "float32",
-                 transposed_conv: str = "direct"):
+                 transposed_conv: str = "direct", narrow_convs: str = "direct"):
         if transposed_conv not in TRANSPOSED_CONV_IMPLS:
             raise ValueError(f"transposed_conv must be one of {TRANSPOSED_CONV_IMPLS}, "
                              f"got {transposed_conv!r}.")
+        if narrow_convs not in NARROW_CONV_IMPLS:
+            raise ValueError(f"narrow_convs must be one of {NARROW_CONV_IMPLS}, "
+                             f"got {narrow_convs!r}.")
+        self.narrow_convs = narrow_convs
         self.config = config
         self.compute_dtype = compute_dtype
         self.transposed_conv = transposed_conv
@@ -75,14 +80,14 @@ class Agent:
             action_sizes=self.action_sizes, grid_width=config.grid_width,
             channels=config.torso_channels, residual_blocks=config.torso_residual_blocks,
             output_size=config.torso_output_size, embed_dim=config.embed_dim,
-            condition_hidden=config.condition_hidden, dtype=dtype)
+            condition_hidden=config.condition_hidden, narrow_convs=narrow_convs, dtype=dtype)
         self._core = networks.LSTMCore(config.lstm_size, dtype=dtype)
         self._head = networks.AutoregressiveHead(
             action_sizes=self.action_sizes, grid_width=config.grid_width,
             decoder_channels=config.decoder_channels,
             decoder_residual_blocks=config.decoder_residual_blocks,
             embed_dim=config.embed_dim, mlp_hidden=config.head_mlp_hidden,
-            transposed_conv=transposed_conv, dtype=dtype)
+            transposed_conv=transposed_conv, narrow_convs=narrow_convs, dtype=dtype)
         self._value = nn.Dense(1, dtype=dtype)
 
     # ----------------------------------------------------------------------------- set-up

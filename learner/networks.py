@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spiral.envs import specs
+from spiral.learner.config import NARROW_CONV_IMPLS
 
 Array = jax.Array
 
@@ -90,6 +91,100 @@ def conv_transpose_depth_to_space(x: Array, kernel: Array) -> Array:
     return y.reshape(n, 2 * h, 2 * wd, cout)
 
 
+INPUT_CONV_SIZE = 5
+
+
+def coordinate_planes(height: int, width: int, dtype=jnp.float32) -> Array:
+    """[1, H, W, 2]: each pixel's (y, x) in [-1, 1], the two planes the torso appends to the image."""
+    ys = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, height)[None, :, None, None], (1, height, width, 1))
+    xs = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, width)[None, None, :, None], (1, height, width, 1))
+    return jnp.concatenate([ys, xs], axis=-1).astype(dtype)
+
+
+def conv_taps(image: Array, kernel: Array) -> Array:
+    """A SAME, stride-1 convolution of a few-channel image as a sum of shifted, scaled copies.
+
+    out[n, y, x, o] = Σ_{dy, dx, c} image[n, y + dy − p, x + dx − p, c] · kernel[dy, dx, c, o]
+    (zero outside the image): the same function as ``lax.conv_general_dilated``, summed in another
+    order. XLA's CPU convolution is slow with 1–6 input or output channels; this form is one
+    fused loop.
+    """
+    size, channels = kernel.shape[0], kernel.shape[2]
+    pad = size // 2
+    _, height, width, _ = image.shape
+    padded = jnp.pad(image, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = None
+    for dy in range(size):
+        for dx in range(size):
+            for c in range(channels):
+                term = padded[:, dy:dy + height, dx:dx + width, c:c + 1] * kernel[dy, dx, c]
+                out = term if out is None else out + term
+    return out
+
+
+def _conv_same(x: Array, kernel: Array) -> Array:
+    return jax.lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding="SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class NarrowConv(nn.Module):
+    """A SAME, stride-1 convolution with ``nn.Conv``'s parameters ("kernel", "bias"), computed
+    "direct" (one convolution) or as "taps" (``conv_taps``: faster on a CPU when the input or
+    the output has few channels, as the location decoders' final 3×3 conv to one channel)."""
+    features: int
+    kernel_size: int
+    impl: str = "direct"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        size = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (size, size, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        x, kernel, bias = (t.astype(self.dtype) for t in (x, kernel, bias))
+        return _narrow_conv(x, kernel, self.impl) + bias
+
+
+def _narrow_conv(x: Array, kernel: Array, impl: str) -> Array:
+    if impl == "direct":
+        return _conv_same(x, kernel)
+    if impl == "taps":
+        return conv_taps(x, kernel)
+    raise ValueError(f"narrow_convs must be one of {NARROW_CONV_IMPLS}, got {impl!r}.")
+
+
+class InputConv(nn.Module):
+    """The torso's 5×5 convolution of [image, y, x] (SAME, stride 1), with ``nn.Conv``'s
+    parameters (kernel [5, 5, C + 2, F], bias) and two forms of the same function:
+
+    * "direct": one convolution of the image concatenated with the coordinate planes;
+    * "taps": the image's part as ``conv_taps`` and the coordinates' part once for the whole
+      batch (it does not depend on the image), broadcast: several times faster on a CPU for
+      the agent's 1–6 channel images (benchmarks/learner_throughput.py).
+    """
+    features: int
+    impl: str = "direct"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, image):
+        n, height, width, channels = image.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (INPUT_CONV_SIZE, INPUT_CONV_SIZE, channels + 2, self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        image, kernel, bias = (t.astype(self.dtype) for t in (image, kernel, bias))
+        coords = coordinate_planes(height, width, self.dtype)
+        if self.impl == "direct":
+            x = jnp.concatenate([image, jnp.broadcast_to(coords, (n, height, width, 2))], axis=-1)
+            y = _conv_same(x, kernel)
+        else:
+            y = (_narrow_conv(image, kernel[:, :, :channels], self.impl)
+                 + _conv_same(coords, kernel[:, :, channels:]))
+        return y + bias
+
+
 class ConvTranspose4x4(nn.Module):
     """4×4 stride-2 transposed conv with one parameter layout and two interchangeable forms."""
     features: int
@@ -127,6 +222,7 @@ class Torso(nn.Module):
     output_size: int = 256
     embed_dim: int = 16
     condition_hidden: Sequence[int] = (64, 32)
+    narrow_convs: str = "direct"   # InputConv's form: "direct" or "taps" (same function)
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -134,12 +230,7 @@ class Torso(nn.Module):
         """image: [N, H, W, C] float in [0, 1]; action_mask: [N, K]; prev_action: key -> int [N];
         noise: [N, D]. Returns [N, output_size]."""
         n, height, width, _ = image.shape
-        ys = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, height)[None, :, None, None],
-                              (n, height, width, 1))
-        xs = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, width)[None, None, :, None],
-                              (n, height, width, 1))
-        x = jnp.concatenate([image, ys.astype(image.dtype), xs.astype(image.dtype)], axis=-1)
-        h = nn.Conv(self.channels, (5, 5), dtype=self.dtype, name="input_conv")(x)
+        h = InputConv(self.channels, self.narrow_convs, self.dtype, name="input_conv")(image)
 
         # Previous action: embed each sub-action, zero it where the mask says it did not matter.
         embeds = []
@@ -194,6 +285,7 @@ class LocationDecoder(nn.Module):
     channels: int = 32
     residual_blocks: int = 8
     transposed_conv: str = "direct"
+    narrow_convs: str = "direct"   # the final conv's form: "direct" or "taps" (same function)
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -206,7 +298,7 @@ class LocationDecoder(nn.Module):
             h = ConvTranspose4x4(self.channels, self.transposed_conv, self.dtype,
                                  name=f"strided_transpose_{i}")(h)
             h = nn.relu(h)
-        h = nn.Conv(1, (3, 3), dtype=self.dtype, name="final")(h)
+        h = NarrowConv(1, 3, self.narrow_convs, self.dtype, name="final")(h)
         return h.reshape(n, -1)
 
 
@@ -240,6 +332,7 @@ class AutoregressiveHead(nn.Module):
     embed_dim: int = 16
     mlp_hidden: Sequence[int] = (16, 32)
     transposed_conv: str = "direct"
+    narrow_convs: str = "direct"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -251,7 +344,7 @@ class AutoregressiveHead(nn.Module):
             if key in specs.LOCATION_KEYS:
                 out = LocationDecoder(self.grid_width, self.decoder_channels,
                                       self.decoder_residual_blocks, self.transposed_conv,
-                                      self.dtype, name=f"{key}_decoder")(z)
+                                      self.narrow_convs, self.dtype, name=f"{key}_decoder")(z)
             else:
                 out = nn.Dense(size, dtype=self.dtype, name=f"{key}_logits")(z)
             logits[key] = out.astype(jnp.float32)
