@@ -474,6 +474,7 @@ class NumbaCanvas:
 
     def __init__(self, config: PaintConfig):
         self.config = config
+        self._released = config.released
         w, c = config.canvas_width, config.channels
         self.canvas = np.full((c, w, w), config.background_value, np.float32)
         self._transmittance = np.ones((w, w), np.float32)
@@ -498,7 +499,7 @@ class NumbaCanvas:
     def _brush(self, radius: float):
         consts = self._constants.get(radius)
         if consts is None:
-            if self.config.released:
+            if self._released:
                 consts = spec.released_brush_constants(radius)
             else:
                 b = spec.brush_constants(radius)
@@ -507,25 +508,28 @@ class NumbaCanvas:
         return consts
 
     def paint(self, start, control, end, p0, p1, radius, color, key):
+        if self._released:
+            self._paint_released(start, control, end, p0, p1, radius, color, key)
+            return
+        r_a, spacing, inv_spacing, offset_scale = self._brush(radius)
+        self.carry, self.last_dab_count = render_stroke(
+            self.canvas, self._transmittance, F32(start[0]), F32(start[1]), F32(control[0]),
+            F32(control[1]), F32(end[0]), F32(end[1]), F32(p0), F32(p1), r_a, spacing, inv_spacing,
+            offset_scale, np.asarray(color, np.float32), np.uint64(key), F32(self.carry),
+            self._weights)
+
+    def _paint_released(self, start, control, end, p0, p1, radius, color, key):
         sy, sx, ey, ex = F32(start[0]), F32(start[1]), F32(end[0]), F32(end[1])
-        color = np.asarray(color, np.float32)
-        if self.config.released:
-            lead = F32(0.0)
-            if self._lifted:
-                dy, dx = sy - self._pen[0], sx - self._pen[1]
-                lead = np.sqrt(dy * dy + dx * dx)
-            b = self._brush(radius)
-            self.carry, self.speed, self.last_dab_count = render_stroke_released(
-                self.canvas, self._transmittance, sy, sx, F32(control[0]), F32(control[1]), ey, ex,
-                F32(p0), F32(p1), b.radius, b.dabs_per_base, b.speed_scale, b.workaround_speed_scale,
-                b.offset_scale, color, np.uint64(key), F32(self.carry), F32(self.speed), lead,
-                self._weights)
-        else:
-            r_a, spacing, inv_spacing, offset_scale = self._brush(radius)
-            self.carry, self.last_dab_count = render_stroke(
-                self.canvas, self._transmittance, sy, sx, F32(control[0]), F32(control[1]), ey, ex,
-                F32(p0), F32(p1), r_a, spacing, inv_spacing, offset_scale, color, np.uint64(key),
-                F32(self.carry), self._weights)
+        lead = F32(0.0)
+        if self._lifted:
+            dy, dx = sy - self._pen[0], sx - self._pen[1]
+            lead = np.sqrt(dy * dy + dx * dx)
+        b = self._brush(radius)
+        self.carry, self.speed, self.last_dab_count = render_stroke_released(
+            self.canvas, self._transmittance, sy, sx, F32(control[0]), F32(control[1]), ey, ex,
+            F32(p0), F32(p1), b.radius, b.dabs_per_base, b.speed_scale, b.workaround_speed_scale,
+            b.offset_scale, np.asarray(color, np.float32), np.uint64(key), F32(self.carry),
+            F32(self.speed), lead, self._weights)
         self._pen = (ey, ex)
         self._lifted = False
 
