@@ -142,6 +142,23 @@ def _path_points(strokes: Strokes):
     return qy, qx, jnp.sqrt(dy * dy + dx * dx)
 
 
+def _place_dabs(s, sigma, valid, qy, qx, strokes: Strokes):
+    """Dabs at σ [B, n] along a cumulative measure s [B, 51] of the path (length, or dab count):
+    segment k with S_k < σ <= S_k+1, fraction f; centre and pressure linear within it.
+    Returns (y, x, pressure, k) [B, n]."""
+    # Segment k: the number of S_1..S_50 below σ.
+    k = jax.vmap(functools.partial(jnp.searchsorted, side="left", method=SEARCH_METHOD))(s[:, 1:], sigma)
+    k = jnp.minimum(k, spec.N_SEGMENTS - 1).astype(jnp.int32)
+    take = functools.partial(jnp.take_along_axis, axis=1)
+    s0, s1 = take(s, k), take(s, k + 1)
+    f = jnp.where(valid, (sigma - s0) / jnp.where(valid, s1 - s0, F32(1.0)), F32(0.0))
+    y0, y1 = take(qy, k), take(qy, k + 1)
+    x0, x1 = take(qx, k), take(qx, k + 1)
+    p0, p1 = strokes.p0[:, None], strokes.p1[:, None]
+    press = p0 + (p1 - p0) * ((k.astype(jnp.float32) + f) * spec.ONE_FIFTIETH)
+    return y0 + f * (y1 - y0), x0 + f * (x1 - x0), press, k
+
+
 def _noisy_dabs(y, x, press, actual_radius, valid, strokes: Strokes) -> Dabs:
     """The spec's noise on noise-free dabs [B, n]: offsets, radius and the matching opacity."""
     g0, g1, g2 = _gaussians(strokes.key, y.shape[1])
@@ -167,18 +184,7 @@ def stroke_dabs(strokes: Strokes, carry, n: int):
     sigma = (i[None, :] + a[:, None]) * strokes.spacing[:, None]            # [B, n]
     valid = (sigma <= total[:, None]) & strokes.active[:, None]
     count = jnp.sum(valid, axis=1).astype(jnp.int32)
-    # Segment k with S_k < σ <= S_k+1: the number of S_1..S_50 below σ.
-    k = jax.vmap(functools.partial(jnp.searchsorted, side="left", method=SEARCH_METHOD))(s[:, 1:], sigma)
-    k = jnp.minimum(k, spec.N_SEGMENTS - 1).astype(jnp.int32)
-    take = functools.partial(jnp.take_along_axis, axis=1)
-    s0, s1 = take(s, k), take(s, k + 1)
-    f = jnp.where(valid, (sigma - s0) / jnp.where(valid, s1 - s0, F32(1.0)), F32(0.0))
-    y0, y1 = take(qy, k), take(qy, k + 1)
-    x0, x1 = take(qx, k), take(qx, k + 1)
-    y = y0 + f * (y1 - y0)
-    x = x0 + f * (x1 - x0)
-    p0, p1 = strokes.p0[:, None], strokes.p1[:, None]
-    press = p0 + (p1 - p0) * ((k.astype(jnp.float32) + f) * spec.ONE_FIFTIETH)
+    y, x, press, _ = _place_dabs(s, sigma, valid, qy, qx, strokes)
     dabs = _noisy_dabs(y, x, press, jnp.broadcast_to(strokes.actual_radius[:, None], y.shape), valid,
                        strokes)
     last = ((count - 1).astype(jnp.float32) + a) * strokes.spacing
@@ -217,19 +223,10 @@ def released_path(strokes: Strokes, carry, speed, lead, n: int):
     sigma = jnp.arange(n, dtype=jnp.float32)[None, :] + a[:, None]         # [B, n]
     valid = (sigma <= total[:, None]) & strokes.active[:, None]
     count = jnp.sum(valid, axis=1).astype(jnp.int32)
-    k = jax.vmap(functools.partial(jnp.searchsorted, side="left", method=SEARCH_METHOD))(s[:, 1:], sigma)
-    k = jnp.minimum(k, spec.N_SEGMENTS - 1).astype(jnp.int32)
-    take = functools.partial(jnp.take_along_axis, axis=1)
-    s0, s1 = take(s, k), take(s, k + 1)
-    f = jnp.where(valid, (sigma - s0) / jnp.where(valid, s1 - s0, F32(1.0)), F32(0.0))
-    y0, x0 = take(qy, k), take(qx, k)
-    y = y0 + f * (take(qy, k + 1) - y0)
-    x = x0 + f * (take(qx, k + 1) - x0)
-    p0, p1 = strokes.p0[:, None], strokes.p1[:, None]
-    press = p0 + (p1 - p0) * ((k.astype(jnp.float32) + f) * spec.ONE_FIFTIETH)
+    y, x, press, k = _place_dabs(s, sigma, valid, qy, qx, strokes)
     new_carry = jnp.clip(total - ((count - 1).astype(jnp.float32) + a), F32(0.0), spec.LARGEST_BELOW_ONE)
-    return ((y, x, press, take(radii, k), valid), jnp.where(strokes.active, new_carry, F32(0.0)),
-            jnp.where(strokes.active, speed, F32(0.0)))
+    return ((y, x, press, jnp.take_along_axis(radii, k, axis=1), valid),
+            jnp.where(strokes.active, new_carry, F32(0.0)), jnp.where(strokes.active, speed, F32(0.0)))
 
 
 def stroke_dabs_released(strokes: Strokes, carry, speed, lead, n: int):
