@@ -24,6 +24,12 @@ A stroke (all lengths in pixels of the canvas being rendered, coordinates as (y,
 RNG: the dab noise is a pure function of (env seed, episode index, step index within the episode,
 dab index, draw index) through ``stroke_key`` and ``dab_uniforms``; nothing else is random, so a
 replayed program with the same seed reproduces the canvas exactly.
+
+The released mode (``PaintConfig.jump_start="released"``, envs/README.md) replaces step 2's
+constant r_a by libmypaint 1.3.0's speed term, per stroke_to event: the filtered speed S (basic
+radii per second, carried across connected strokes) gives the event's actual radius and dab
+density, and a pressure-0 move (the ``lead``) before a stroke after a jump moves the carry and S on
+(``reference_released_path``).
 """
 
 from __future__ import annotations
