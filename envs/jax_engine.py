@@ -27,7 +27,10 @@ hash RNG; agreement within RENDERER.md's tolerances, XLA contracts some multiply
    quantise like numba.
 
 State per environment: canvas, brush position, previous pressure, painting flag (also the
-action mask), partial-dab carry, step count, episode index, seed, target index (conditional).
+action mask), partial-dab carry, filtered stroke speed (released mode), step count, episode index,
+seed, target index (conditional). In the released mode (``config.jump_start``) a stroke after a
+jump to (y, x) starts at (y, y) and the brush follows libmypaint 1.3.0 (``paint_released``,
+envs/README.md).
 The conditional ``dataset`` is shared by the batch as uint8 levels [N, ow, ow, C] (k means k/255;
 ``spiral.envs.targets``); observations show a target as float32 level/255, like the canvas.
 """
