@@ -213,8 +213,9 @@ def max_dabs_released(min_radius: float, canvas_width: int, grid_width: int) -> 
     """``max_dabs`` for the released mode, whose dab density 6/r + 6/s grows with the filtered speed.
 
     The filtered speed S never exceeds the fastest event (a path segment is at most 1/50 of the
-    Bezier's largest speed, 2·√2·extent) or the workaround move's one filter step (at most
-    √2·extent in 0.1f − 0.0001 s); the density is largest at that S and the smallest radius.
+    Bezier's largest speed, 2·√2·extent) or the workaround move's one filter step from S = 0 (a
+    jump clears the filter; the move is at most √2·extent in 0.1f − 0.0001 s); the density is
+    largest at that S and the smallest radius.
     """
     extent = canvas_width - canvas_width / grid_width
     fastest_event = 2.0 * math.sqrt(2.0) * extent / N_SEGMENTS / (RELEASED_DTIME * min_radius)
