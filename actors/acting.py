@@ -123,10 +123,11 @@ class EpisodeRunner:
                                    parallel=parallel_envs)
         self.num_envs = k
         self.num_steps = env.episode_length - 1
-        # Sampling uses the direct transposed convolutions whatever the learner uses: the same
-        # function and parameters, and the faster form at actor batch sizes (learner_throughput).
+        # Sampling uses the direct transposed convolutions whatever the learner uses, and the
+        # few-channel convolutions in the runtime's actor form: the same function and parameters,
+        # in the forms that are faster at actor batch sizes (benchmarks/actor_throughput.py).
         self.agent = Agent(config.agent, config.policy.compute_dtype, "direct",
-                           config.policy.narrow_convs)
+                           config.runtime.actor_narrow_convs)
         self._keys = config.agent.action_keys
         self._base_key = jax.random.PRNGKey(int(seeds[k]))
         self._policy_step = jax.jit(self._make_policy_step())

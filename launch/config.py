@@ -17,6 +17,7 @@ from typing import Any, Optional
 from spiral.discriminator import DiscriminatorConfig
 from spiral.envs import PaintConfig
 from spiral.learner import AgentConfig, PolicyLearnerConfig
+from spiral.learner.config import NARROW_CONV_IMPLS
 
 DATASETS = ("mnist", "omniglot", "celeba")
 RUNTIMES = ("ray", "local", "fused")
@@ -40,6 +41,10 @@ class RuntimeConfig:
         one per actor).
       max_policy_lag: unrolls acted by a policy more versions behind the learner are dropped.
       disc_updates_per_policy_update: discriminator updates per policy update (may be fractional).
+      actor_narrow_convs: the actors' form of the policy's few-channel convolutions (the
+        torso's input conv, the location decoders' final conv): "direct" or "taps" (the same
+        function and parameters; "taps" samples ~1.5x faster on one CPU core with the tiny
+        network, slower with the small and full ones: benchmarks/actor_throughput.py).
       rewards_on: "actors" (SPIRAL: each actor scores its own canvases on its CPU) or "learner"
         (the policy learner scores the batch's canvases on its device, with the newest
         discriminator, just before the update). Per-step TCA rewards score every canvas of an
@@ -66,6 +71,7 @@ class RuntimeConfig:
     queue_capacity: int = 0
     max_policy_lag: int = 20
     disc_updates_per_policy_update: float = 1.0
+    actor_narrow_convs: str = "direct"
     rewards_on: str = "actors"
     max_updates: int = 0
     max_minutes: float = 0.0
@@ -93,6 +99,9 @@ class RuntimeConfig:
             raise ValueError(f"--queue_capacity ({self.queue_capacity}) must be at least the number of "
                              f"actors ({self.num_actors}) and the unrolls in one batch "
                              f"({self.unrolls_per_batch}); or 0 for the default.")
+        if self.actor_narrow_convs not in NARROW_CONV_IMPLS:
+            raise ValueError(f"--actor_narrow_convs must be one of {NARROW_CONV_IMPLS}, got "
+                             f"{self.actor_narrow_convs!r}.")
         if self.rewards_on not in ("actors", "learner"):
             raise ValueError(f"--rewards_on must be 'actors' or 'learner', got {self.rewards_on!r}.")
         if self.disc_updates_per_policy_update < 0:

@@ -122,10 +122,6 @@ def _define(p: dict, fv: flags.FlagValues) -> None:
                       "Form of the location decoder's transposed convolutions in the learner (same "
                       "function; depth_to_space updates ~2x faster on CPU). Actors always sample "
                       "with direct, faster at their batch sizes.", flag_values=fv)
-    flags.DEFINE_enum("narrow_convs", "direct", ["direct", "taps"],
-                      "Form of the few-channel convolutions (the torso's input conv, the location "
-                      "decoders' final conv) in the learner and the actors: same function; taps is "
-                      "faster on CPU for --network=tiny.", flag_values=fv)
     flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Learner compute precision.",
         flag_values=fv)
     # Discriminator.
@@ -158,6 +154,9 @@ def _define(p: dict, fv: flags.FlagValues) -> None:
         flag_values=fv)
     flags.DEFINE_integer("num_actors", max(1, (os.cpu_count() or 2) - 1), "CPU actors (one core each).",
         flag_values=fv)
+    flags.DEFINE_enum("actor_narrow_convs", "direct", ["direct", "taps"],
+                      "The actors' form of the policy's few-channel convolutions (same function): "
+                      "taps samples faster on one CPU core with --network=tiny.", flag_values=fv)
     flags.DEFINE_integer("envs_per_actor", 8, "Environments per actor, stepped with one batched policy call.",
         flag_values=fv)
     flags.DEFINE_integer("batch_size", 64, "Episodes per policy update (a multiple of --envs_per_actor).",
@@ -235,8 +234,7 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
                                  value_normalisation=values["value_normalisation"],
                                  value_stats_step=values["value_stats_step"],
                                  compute_dtype=values["compute_dtype"],
-                                 transposed_conv=values["learner_transposed_conv"],
-                                 narrow_convs=values["narrow_convs"])
+                                 transposed_conv=values["learner_transposed_conv"])
     disc = DiscriminatorConfig(loss=values["discriminator_loss"], image_channels=env.channels,
                                conditional=env.conditional,
                                complement=values["complement_discriminator"],
@@ -252,7 +250,7 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
         envs_per_actor=values["envs_per_actor"], batch_size=values["batch_size"],
         queue_capacity=values["queue_capacity"], max_policy_lag=values["max_policy_lag"],
         disc_updates_per_policy_update=values["disc_updates_per_policy_update"],
-        rewards_on=values["rewards_on"],
+        actor_narrow_convs=values["actor_narrow_convs"], rewards_on=values["rewards_on"],
         max_updates=values["max_updates"], max_minutes=values["max_minutes"],
         num_gpus=values["num_gpus"], seed=values["seed"],
         logdir=values["logdir"] or os.path.join(run_dir, "tb"),

@@ -141,10 +141,6 @@ class PolicyLearnerConfig:
     clip_c_threshold: float = 1.0     # c̄ (IMPALA); 1.0 as scalable_agent and rlax fix it
     compute_dtype: str = "float32"    # "float32" or "bfloat16"; parameters stay float32
     transposed_conv: str = "direct"   # "direct" or "depth_to_space" (same function and parameters)
-    # "direct" or "taps": the form of the few-channel convolutions (the torso's input conv, the
-    # location decoders' final conv) in the learner AND the actors (same function and
-    # parameters; "taps" is faster on a CPU for the tiny network: benchmarks/learner_throughput.py).
-    narrow_convs: str = "direct"
     entropy_weights: tuple[tuple[str, float], ...] = ()
     entropy_normalise: bool = False
     value_normalisation: str = "none"
@@ -180,9 +176,6 @@ class PolicyLearnerConfig:
         if self.transposed_conv not in TRANSPOSED_CONV_IMPLS:
             raise ValueError(f"transposed_conv must be one of {TRANSPOSED_CONV_IMPLS}, "
                              f"got {self.transposed_conv!r}.")
-        if self.narrow_convs not in NARROW_CONV_IMPLS:
-            raise ValueError(f"narrow_convs must be one of {NARROW_CONV_IMPLS}, "
-                             f"got {self.narrow_convs!r}.")
         for name in ("learning_rate", "entropy_cost", "baseline_cost"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}.")

@@ -227,7 +227,7 @@ def make_update_step(agent: Agent, config: PolicyLearnerConfig
 @functools.lru_cache(maxsize=None)
 def _jitted_update_step(agent_config: AgentConfig, config: PolicyLearnerConfig):
     """One jitted update per configuration, shared by learners in a process (compiles once)."""
-    agent = Agent(agent_config, config.compute_dtype, config.transposed_conv, config.narrow_convs)
+    agent = Agent(agent_config, config.compute_dtype, config.transposed_conv)
     # Donating the state lets XLA update parameters in place; the CPU backend does not use it.
     donate = () if jax.default_backend() == "cpu" else (0,)
     return jax.jit(make_update_step(agent, config), donate_argnums=donate)
@@ -248,8 +248,7 @@ class PolicyLearner:
                  params: Any = None):
         self.agent_config = agent_config
         self.config = config
-        self.agent = Agent(agent_config, config.compute_dtype, config.transposed_conv,
-                           config.narrow_convs)
+        self.agent = Agent(agent_config, config.compute_dtype, config.transposed_conv)
         self.update_step = make_update_step(self.agent, config)
         self._jitted_update = _jitted_update_step(agent_config, config)
         self._state = init_learner_state(self.agent, config, jax.random.PRNGKey(seed), params)

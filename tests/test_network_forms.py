@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spiral.learner import Agent, AgentConfig, Observation, PolicyLearnerConfig
+from spiral.launch.config import RuntimeConfig
+from spiral.learner import Agent, AgentConfig, Observation
 from spiral.learner.networks import InputConv, NarrowConv, conv_taps
 
 
@@ -86,8 +87,8 @@ def test_agent_forms_sample_and_unroll_the_same_function(conditional):
     np.testing.assert_allclose(outs[0].value, outs[1].value, rtol=1e-4, atol=1e-5)
 
 
-def test_learner_config_rejects_unknown_forms():
-    with pytest.raises(ValueError, match="narrow_convs must be one of"):
-        PolicyLearnerConfig(narrow_convs="winograd")
+def test_unknown_forms_are_rejected():
+    with pytest.raises(ValueError, match="actor_narrow_convs must be one of"):
+        RuntimeConfig(actor_narrow_convs="winograd", max_updates=1)
     with pytest.raises(ValueError, match="narrow_convs must be one of"):
         Agent(AgentConfig.small(), narrow_convs="winograd")
