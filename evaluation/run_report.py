@@ -387,17 +387,18 @@ def evaluation_html(member: Member) -> str:
         return _missing(text + "".join(f" At {r['updates']} updates: {_esc(r['error'])}" for r in failed))
     latest = records[-1]["metrics"]
     names = metric_names(records)
-    table = ["<table><tr><th>metric</th><th>policy</th>" + "".join(f"<th>{p}</th>" for p in REFERENCES)
+    references = [p for p in REFERENCES if any(f"{p}_{name}" in latest for name in names)]
+    table = ["<table><tr><th>metric</th><th>policy</th>" + "".join(f"<th>{p}</th>" for p in references)
              + "<th>what it measures</th></tr>"]
     charts = []
     for name in names:
-        cells = [latest.get(name)] + [latest.get(f"{p}_{name}") for p in REFERENCES]
+        cells = [latest.get(name)] + [latest.get(f"{p}_{name}") for p in references]
         table.append(f"<tr><th>{_esc(name)}</th>" + "".join(f'<td class="num">{_number(v)}</td>' for v in cells)
                      + f'<td class="note">{_esc(METRIC_NOTES.get(name, ""))}</td></tr>')
         series = Series("policy", [r["updates"] for r in records],
                         [r["metrics"].get(name, math.nan) for r in records])
-        references = {p: latest[f"{p}_{name}"] for p in REFERENCES if f"{p}_{name}" in latest}
-        charts.append(f"<figure>{line_chart([series], references, title=name, x_label='policy updates')}"
+        lines = {p: latest[f"{p}_{name}"] for p in references if f"{p}_{name}" in latest}
+        charts.append(f"<figure>{line_chart([series], lines, title=name, x_label='policy updates')}"
                       f"<figcaption>{_esc(name)}: {_esc(METRIC_NOTES.get(name, ''))}</figcaption></figure>")
     table.append("</table>")
     steps = records[-1].get("agent_steps")

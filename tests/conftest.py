@@ -133,7 +133,8 @@ def pytest_collection_finish(session):
         try:
             download_datasets(folder)
         except Exception as error:  # pylint: disable=broad-except
-            DOWNLOAD_PROBLEM.append(f"the download into {folder} failed: {str(error).splitlines()[0]}")
+            what = " ".join(str(error).split())  # one line: the URLs tried and the fix
+            DOWNLOAD_PROBLEM.append(f"the download into {folder} failed: {what[:500]}")
             say(f"conftest: {DOWNLOAD_PROBLEM[0]}")
             return
     os.environ["SPIRAL_DATA_DIR"] = str(folder)
