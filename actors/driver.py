@@ -1,110 +1,104 @@
-"""The training loop: starts the workers, moves trajectories to the learner, logs, checkpoints.
+"""The distributed runtime ("ray") and its in-process twin ("local"): the workers and the data flow.
 
-``train(config)`` runs one experiment with ``config.runtime.runtime``:
+``DistributedRuntime`` is a ``spiral.actors.runtime.Runtime``; the run loop
+(``spiral.actors.run_loop``) drives it. With "ray" the actors, the policy learner, the
+discriminator learner and the parameter server are Ray actors (a local Ray starts unless
+``ray_address`` is given) and this process moves object references only; with "local" the very
+same worker classes run in this process, each call when it is made, in a fixed order:
+deterministic, for debugging and tests.
 
-* "ray": actors, the policy learner and the discriminator learner are Ray actors (a local Ray is
-  started unless ``ray_address`` is given); the driver moves object references only.
-* "local": the same workers and the same loop in this process, one call at a time, in a fixed
-  order: deterministic, for debugging and tests.
-* "fused": the whole loop as one jitted program on one device (``spiral.actors.fused``).
+One ``step`` is one policy update: a batch of unrolls from the bounded ``TrajectoryQueue``
+(actor -> queue), whose references go to the policy learner, which fetches them itself while its
+previous update runs (two updates in flight: the next batch is prefetched at the cost of one
+step of policy lag) and publishes each new version to the parameter server, from which the
+actors pull the newest at the start of each unroll. The actors also send their final canvases
+to the discriminator's replay; every policy update earns ``disc_updates_per_policy_update``
+discriminator updates (fractions accumulate), run while the policy learns, and the
+discriminator publishes its reward weights the same way.
 
-Per policy update the driver takes one batch of unrolls from the bounded ``TrajectoryQueue``,
-hands their references to the policy learner (which fetches them itself while its previous
-update runs: two updates are kept in flight, which prefetches the next batch at the cost of one
-step of policy lag), and asks the discriminator for ``disc_updates_per_policy_update`` updates.
-Every few seconds it prints a progress line and writes TensorBoard scalars; it checkpoints both
-learners every ``checkpoint_every_minutes`` and at the end.
+Faults, on Ray (each learner and the parameter server is restartable, ``max_restarts``):
+
+* an actor that dies is restarted by Ray, its unroll retried: nothing is lost or duplicated;
+* the policy learner or the discriminator learner: each update returns the state it left,
+  kept here by reference (``*_keeping_state``); a restarted learner refuses to work until it is
+  handed the newest of those states, then the policy updates in flight are redone (the
+  discriminator's in-flight update is lost, and its replay refills from the actors);
+* the parameter server: it comes back empty with a new incarnation, and the learners publish
+  again; actors keep painting with the parameters they hold meanwhile.
+
+Each is reported in one line. Learner states returned per update cost one copy of the state
+into the object store per update, which is what makes "lose at most the update in flight" hold.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import os
+import socket
 import time
 import warnings
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from spiral.actors import checkpointing, monitoring
 from spiral.actors.parameter_server import ParameterServer
+from spiral.actors.runtime import (RunData, RunError, RuntimeState, StepReport, check_local_gpu,
+                                   restore_part, restore_replay)
 from spiral.actors.trajectory_queue import TrajectoryQueue
 from spiral.actors.workers import (SINGLE_THREAD_ENV, ActorWorker, DiscriminatorWorker,
                                    PolicyLearnerWorker, make_backend)
 
-log = logging.getLogger(__name__)
-
-# Config sections that must match a checkpoint to resume from it (the runtime may differ).
-_MUST_MATCH = ("env", "agent", "discriminator", "dataset", "reward", "temporal_credit_assignment")
-
-
-# ----------------------------------------------------------------------------------- data
-
-def quantise(images: np.ndarray) -> np.ndarray:
-    """float32 images in [0, 1] -> uint8 levels k (k/255 is what canvases hold)."""
-    return np.rint(np.asarray(images, np.float32) * 255.0).astype(np.uint8)
-
-
-def area_downsample(levels: np.ndarray, width: int) -> np.ndarray:
-    """uint8 levels [N, W, W, C] -> [N, width, width, C] by exact area average, re-quantised."""
-    n, w, _, c = levels.shape
-    if w == width:
-        return levels
-    if w % width:
-        raise ValueError(f"cannot area-average {w}×{w} images to {width}×{width}.")
-    f = w // width
-    blocks = levels.reshape(n, width, f, width, f, c).astype(np.float32).mean(axis=(2, 4))
-    return np.rint(blocks).astype(np.uint8)
-
-
-def load_images(config, split: str = "train") -> np.ndarray:
-    """The run's real images (and conditional targets) as uint8 levels at the agent's width."""
-    from spiral.envs import datasets  # pylint: disable=import-outside-toplevel
-    dataset = datasets.load_dataset(config.dataset, split=split, data_dir=config.data_dir,
-                                    limit=config.dataset_limit or None)
-    levels = quantise(dataset.images)
-    if levels.shape[-1] != config.env.channels:
-        raise ValueError(f"dataset {config.dataset!r} has {levels.shape[-1]} channel(s) but the "
-                         f"environment paints {config.env.channels}: set --use_color accordingly.")
-    return levels
+# A learner restarted this many times in a row without finishing an update is not recovering.
+MAX_RESTARTS_IN_A_ROW = 3
+# How often (seconds) the runtime checks whether the parameter server was restarted.
+SERVER_CHECK_EVERY_S = 2.0
 
 
 # ----------------------------------------------------------------------------------- Ray
 
-def _init_ray(config):
+def check_ray_address(address: Optional[str], timeout_s: float = 5.0) -> None:
+    """Fail fast when nothing listens at ``host:port`` (``ray.init`` would retry for minutes)."""
+    if not address or address == "auto":
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise RunError(f"--ray_address={address!r} is not host:port (or 'auto' on a cluster node).")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RunError(f"no Ray cluster answers at --ray_address={address} ({e.strerror or e}, "
+                       f"within {timeout_s:g} s): start one there (`ray start --head`), fix the "
+                       f"address, or leave the flag out to start Ray on this machine.") from None
+
+
+def init_ray(config) -> None:
+    """Join (or start) Ray and check that it has the CPUs and GPUs the run asks for."""
     import ray  # pylint: disable=import-outside-toplevel
     rt = config.runtime
     # Ray starts its processes with fork+exec, which is safe even though JAX has threads here.
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     if not ray.is_initialized():
-        if rt.ray_address:
-            ray.init(address=rt.ray_address, log_to_driver=True)
-        else:
-            ray.init(num_cpus=rt.ray_num_cpus or os.cpu_count(), include_dashboard=False,
-                     log_to_driver=True)
+        check_ray_address(rt.ray_address)
+        try:
+            if rt.ray_address:
+                ray.init(address=rt.ray_address, log_to_driver=True)
+            else:
+                ray.init(num_cpus=rt.ray_num_cpus or os.cpu_count(), include_dashboard=False,
+                         log_to_driver=True)
+        except ConnectionError as e:
+            raise RunError(f"cannot join Ray at --ray_address={rt.ray_address}: {e}") from None
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     needed_cpus = rt.num_actors + learner_cpus(config)
     if needed_cpus > cpus:
-        raise ValueError(
+        raise RunError(
             f"{rt.num_actors} actors (1 CPU each) and the learners ({learner_cpus(config)} CPU) need "
             f"{needed_cpus:g} CPUs but the Ray cluster has {cpus:g}. Lower --num_actors, or (local Ray "
             f"only) raise --ray_num_cpus to oversubscribe the cores deliberately.")
     if rt.num_gpus > gpus:
-        raise ValueError(f"--num_gpus={rt.num_gpus:g} but the Ray cluster has {gpus:g} GPU(s). Use "
-                         f"--num_gpus=0 to train on CPU, or start Ray where the GPUs are.")
-
-
-def check_local_gpu(num_gpus: float) -> None:
-    """The in-process runtimes use this process's JAX devices: fail early if a GPU was asked for
-    and JAX sees none."""
-    import jax  # pylint: disable=import-outside-toplevel
-    if jax.default_backend() == "cpu":
-        raise ValueError(f"--num_gpus={num_gpus:g} but JAX sees no GPU in this process (backend "
-                         f"'cpu'). Install the CUDA build (pip install -e '.[cuda]', see BUILD.md) "
-                         f"or use --num_gpus=0.")
+        raise RunError(f"--num_gpus={rt.num_gpus:g} but the Ray cluster has {gpus:g} GPU(s). Use "
+                       f"--num_gpus=0 to train on CPU, or start Ray where the GPUs are.")
 
 
 def learner_cpus(config) -> float:
@@ -120,313 +114,328 @@ def _learner_env(share: float) -> dict:
     return {}
 
 
-# ----------------------------------------------------------------------------------- loop
+# ----------------------------------------------------------------------------------- runtime
 
 @dataclasses.dataclass
-class Counters:
-    """Cumulative counters of a run; checkpointed, so a resumed run continues them."""
-    updates: int = 0
-    disc_updates: int = 0
-    agent_steps: int = 0
-    episodes: int = 0
-    unrolls_dropped_stale: int = 0
-    actor_failures: int = 0
-    actor_restarts: int = 0
-    elapsed_s: float = 0.0
+class _Update:
+    """A policy update in flight."""
+    result: Any          # ref of the metrics, or of (metrics, state) when states are kept
+    refs: list           # the batch's trajectory references (to redo it after a restart)
+    steps: int
+    episodes: int
 
 
-class _Rates:
-    """Amount per second over the last ``window_s`` seconds (or since the start, if shorter)."""
+class DistributedRuntime:
+    """Actors, the two learners and the parameter server, on Ray or in this process."""
 
-    def __init__(self, window_s: float = 30.0):
-        self._events = collections.deque()
-        self._window = window_s
-        self._start = time.monotonic()
-
-    def add(self, amount: float, now: Optional[float] = None):
-        now = time.monotonic() if now is None else now
-        self._events.append((now, amount))
-        while self._events and now - self._events[0][0] > self._window:
-            self._events.popleft()
-
-    def rate(self, now: Optional[float] = None) -> float:
-        now = time.monotonic() if now is None else now
-        since = max(self._start, now - self._window)
-        total = sum(a for t, a in self._events if t >= since)
-        return total / max(now - since, 1e-9)
-
-
-def _check_resumable(saved: dict, config) -> None:
-    saved = type(config).from_dict(saved)
-    different = [k for k in _MUST_MATCH if getattr(saved, k) != getattr(config, k)]
-    if different:
-        raise ValueError(f"Cannot resume: the checkpoint was trained with different {different} "
-                         f"settings than these flags. Use the original flags, or a new "
-                         f"--checkpoint_dir to start afresh.")
-
-
-def train(config, policy_learner_worker: type = PolicyLearnerWorker) -> dict:
-    """Run one experiment to its budget; returns the final counters and last metrics.
-
-    ``policy_learner_worker``: the class the Ray and local runtimes make their policy learner from
-    (``benchmarks/system_throughput.py`` passes one that only drains batches, to time the runtime
-    alone); the fused runtime has no separate learner and ignores it.
-    """
-    if config.runtime.runtime == "fused":
-        from spiral.actors import fused  # pylint: disable=import-outside-toplevel
-        return fused.train(config)
-    return _Driver(config, policy_learner_worker).run()
-
-
-class _Driver:
-
-    def __init__(self, config, policy_learner_worker: type = PolicyLearnerWorker):
-        self.config = config
-        self.policy_learner_worker = policy_learner_worker
+    def __init__(self, config, data: RunData, say: Callable[[str], None],
+                 policy_learner_worker: type = PolicyLearnerWorker):
+        self.config, self.say = config, say
         rt = config.runtime
-        self.backend = make_backend(rt.runtime)
-        if rt.runtime == "ray":
-            _init_ray(config)
+        self.be = be = make_backend(rt.runtime)
+        self.on_ray = rt.runtime == "ray"
+        if self.on_ray:
+            init_ray(config)
         elif rt.num_gpus > 0:
             check_local_gpu(rt.num_gpus)
-        self.counters = Counters()
-        self.resume_from = None
-        if rt.resume:
-            self.resume_from = checkpointing.latest_checkpoint(rt.checkpoint_dir)
-            if self.resume_from is None:
-                print(f"--resume: no checkpoint in {rt.checkpoint_dir} yet; starting afresh.", flush=True)
-            else:
-                saved_config, saved_counters = checkpointing.read_run_info(self.resume_from)
-                _check_resumable(saved_config, config)
-                self.counters = Counters(**{f.name: saved_counters.get(f.name, 0)
-                                            for f in dataclasses.fields(Counters)})
-
-    def _create_workers(self):
-        config, be, rt = self.config, self.backend, self.config.runtime
-        images = load_images(config)
-        targets_ref = None
-        if config.env.conditional:
-            targets = area_downsample(images, config.observation_width)
-            targets_ref = [be.put(targets)]
+        # On Ray the learners keep their newest state here (by reference) to survive restarts.
+        self.keep_states = self.on_ray
+        restarts = -1 if self.on_ray else 0
         policy_gpu, disc_gpu = rt.learner_gpus()
         learner_cpu = learner_cpus(config) / 2
-        self.param_server = be.create(ParameterServer, num_cpus=0)
+        self.param_server = be.create(ParameterServer, num_cpus=0, max_restarts=restarts)
         self.disc = None
         if config.uses_discriminator:
-            self.disc = be.create(DiscriminatorWorker, config, self.param_server, [be.put(images)],
-                                  rt.runtime, num_cpus=learner_cpu, num_gpus=disc_gpu,
+            self.disc = be.create(DiscriminatorWorker, config, self.param_server,
+                                  [be.put(data.images)], rt.runtime, num_cpus=learner_cpu,
+                                  num_gpus=disc_gpu, max_restarts=restarts,
                                   runtime_env={"env_vars": _learner_env(disc_gpu)})
-        self.learner = be.create(self.policy_learner_worker, config, self.param_server, rt.runtime,
-                                 num_cpus=learner_cpu, num_gpus=policy_gpu,
+        self.learner = be.create(policy_learner_worker, config, self.param_server, rt.runtime,
+                                 num_cpus=learner_cpu, num_gpus=policy_gpu, max_restarts=restarts,
                                  runtime_env={"env_vars": _learner_env(policy_gpu)})
+        self._targets_ref = None if data.targets is None else [be.put(data.targets)]
+        self.actors: list = []
+        self.queue: Optional[TrajectoryQueue] = None
+        self._first_unrolls = [0] * rt.num_actors
+        self.counters = {"unrolls_dropped_stale": 0, "actor_failures": 0, "actor_restarts": 0,
+                         "learner_restarts": 0, "disc_restarts": 0, "server_restarts": 0}
+        self._disc_credit = 0.0
+        self._submitted = 0          # policy updates started
+        self._finished = 0           # policy updates finished
+        self._skipped = 0            # of which refused by the learner's guard
+        self._pending: collections.deque[_Update] = collections.deque()
+        self._disc_future = None     # (result ref, number of updates)
+        self._restarts_in_a_row = {"policy": 0, "disc": 0}
+        self._policy_state = self.learner.get_state.remote() if self.keep_states else None
+        self._disc_state = (self.disc.get_state.remote() if self.keep_states and self.disc
+                            else None)
+        self._server_incarnation = (be.get(self.param_server.get_incarnation.remote())
+                                    if self.on_ray else None)
+        self._server_checked = time.monotonic()
+        self._start = time.monotonic()
+        self._incarnations = collections.defaultdict(set)
+        self._versions = collections.defaultdict(lambda: collections.deque(maxlen=1000))
+        self._unroll_indices = collections.defaultdict(lambda: collections.deque(maxlen=1000))
+        self._busy = collections.deque(maxlen=200)
+        self._idle = collections.deque(maxlen=200)
+
+    # ------------------------------------------------------------------ actors
+    def _start_actors(self):
+        """Actors start at the first step, at the unroll positions a restore may have set."""
+        if self.queue is not None:
+            return
+        config, be, rt = self.config, self.be, self.config.runtime
         self.actors = [
-            be.create(ActorWorker, config, i, self.param_server, self.disc, targets_ref, rt.runtime,
-                      num_cpus=1, max_restarts=-1, runtime_env={"env_vars": SINGLE_THREAD_ENV})
+            be.create(ActorWorker, config, i, self.param_server, self.disc, self._targets_ref,
+                      rt.runtime, self._first_unrolls[i], num_cpus=1, max_restarts=-1,
+                      runtime_env={"env_vars": SINGLE_THREAD_ENV})
             for i in range(rt.num_actors)]
-        if self.resume_from:
-            self._restore(self.resume_from)
-
-    def _restore(self, path: str):
-        be = self.backend
-        template = be.get(self.learner.get_state.remote())
-        state = checkpointing.restore_tree(os.path.join(path, "policy"), template)
-        be.get(self.learner.set_state.remote(state))
-        if self.disc is not None:
-            template = be.get(self.disc.get_state.remote())
-            state = checkpointing.restore_tree(os.path.join(path, "discriminator"), template)
-            be.get(self.disc.set_state.remote(state))
-            replay_path = os.path.join(path, "replay")
-            if os.path.isdir(replay_path):  # the critic resumes on the fakes it had, not none
-                template = be.get(self.disc.get_replay_state.remote())
-                try:
-                    be.get(self.disc.set_replay_state.remote(
-                        checkpointing.restore_tree(replay_path, template)))
-                except ValueError as e:
-                    print(f"--resume: the saved replay does not fit this run's ({e}); the "
-                          f"discriminator starts from an empty replay.", flush=True)
-        print(f"Resumed from {path} at {self.counters.updates} policy updates.", flush=True)
-
-    def _checkpoint(self, monitor=None) -> Optional[str]:
-        rt = self.config.runtime
-        if not rt.checkpoint_dir:
-            return None
-        be = self.backend
-        policy_state = be.get(self.learner.get_state.remote())
-        disc_state = replay_state = None
-        if self.disc is not None:
-            disc_state, replay_state = be.get([self.disc.get_state.remote(),
-                                               self.disc.get_replay_state.remote()])
-        path = checkpointing.save_checkpoint(rt.checkpoint_dir, self.counters.updates,
-                                             self.config.to_dict(), dataclasses.asdict(self.counters),
-                                             policy_state, disc_state, replay_state)
-        # Evaluation at each checkpoint (spiral.evaluation): held-out metrics to
-        # <checkpoint_dir>/eval_log.jsonl and TensorBoard eval/*; reports its own failures.
-        from spiral.evaluation import log_checkpoint_metrics  # pylint: disable=import-outside-toplevel
-        log_checkpoint_metrics(self.config, policy_state.params, dataclasses.asdict(self.counters),
-                               monitor)
-        return path
+        self.queue = TrajectoryQueue(be, self.actors, rt.capacity, rt.max_policy_lag,
+                                     on_actor_failure=self._on_actor_failure,
+                                     first_unrolls=self._first_unrolls, prefetch=self.on_ray)
 
     def _on_actor_failure(self, index: int, error: BaseException):
-        self.counters.actor_failures += 1
-        print(f"actor {index} failed an unroll ({type(error).__name__}: {error}); it is restarted "
-              f"and used again.", flush=True)
+        self.counters["actor_failures"] += 1
+        self.say(f"actor {index} failed an unroll ({type(error).__name__}: {error}); it is "
+                 f"restarted and used again.")
 
-    def _budget_left(self, start: float) -> bool:
-        rt = self.config.runtime
-        if rt.max_updates and self.counters.updates >= rt.max_updates:
-            return False
-        if rt.max_minutes and time.monotonic() - start >= 60 * rt.max_minutes:
-            return False
-        return True
+    def _take_batch(self, report: StepReport) -> list:
+        """One batch of unroll references from the queue, with its bookkeeping."""
+        version = self._submitted - self._skipped  # the learner's version counts applied updates
+        items = self.queue.get(self.config.runtime.unrolls_per_batch, learner_version=version)
+        for meta, _ in items:
+            actor = meta["actor"]
+            report.acted_steps += meta["agent_steps"]
+            report.returns.append(meta["mean_return"])
+            self._busy.append(meta["unroll_seconds"])
+            self._idle.append(meta["idle_seconds"])
+            self._versions[actor].append(meta["policy_version"])
+            self._unroll_indices[actor].append(meta.get("unroll_index", -1))
+            seen = self._incarnations[actor]
+            if meta["restarted"] and meta["incarnation"] not in seen:
+                self.counters["actor_restarts"] += 1
+                self.say(f"actor {actor} is back after a restart.")
+            seen.add(meta["incarnation"])
+        return items
 
-    def run(self) -> dict:
-        rt, be = self.config.runtime, self.backend
-        start = time.monotonic()
-        elapsed_before = self.counters.elapsed_s
-        self._create_workers()
-        queue = TrajectoryQueue(be, self.actors, rt.capacity, rt.max_policy_lag,
-                                on_actor_failure=self._on_actor_failure)
-        monitor = monitoring.Monitor(rt.logdir or None, rt.log_every_seconds)
-        actor_rate, learner_rate = _Rates(), _Rates()
-        returns = collections.deque(maxlen=200)
-        actor_busy, actor_idle = collections.deque(maxlen=200), collections.deque(maxlen=200)
-        pending = collections.deque()   # (policy update future, agent steps in its batch)
-        disc_future, disc_credit = None, 0.0
-        last = {"policy": {}, "disc": {}}
-        last_checkpoint = time.monotonic()
-        submitted = self.counters.updates
-        sample_ref = None
-        final_values = {}
-        incarnations = collections.defaultdict(set)
-        versions = collections.defaultdict(lambda: collections.deque(maxlen=1000))
+    # ------------------------------------------------------------------ policy updates
+    def _submit_update(self, refs: list, steps: int, episodes: int):
+        if self.keep_states:
+            result = self.learner.update_keeping_state.options(num_returns=2).remote(*refs)
+        else:
+            result = self.learner.update.remote(*refs)
+        self._pending.append(_Update(result, refs, steps, episodes))
 
-        def finish_update(block: bool):
-            while pending and (block or len(pending) >= 2):
-                future, steps = pending.popleft()
-                last["policy"] = be.get(future)
-                self.counters.updates += 1
-                learner_rate.add(steps)
+    def _finish_updates(self, report: StepReport, keep: int):
+        """Wait for policy updates until at most ``keep`` are in flight."""
+        while len(self._pending) > keep:
+            update = self._pending[0]
+            try:
+                if self.keep_states:
+                    metrics_ref, state_ref = update.result
+                    metrics = self.be.get(metrics_ref)
+                else:
+                    metrics, state_ref = self.be.get(update.result), None
+            except Exception as e:  # pylint: disable=broad-except
+                if not self.be.is_actor_error(e):
+                    raise
+                metrics = {"awaiting_state": 1.0}
+            if metrics.get("awaiting_state"):
+                self._recover_policy_learner()
+                continue
+            self._pending.popleft()
+            self._restarts_in_a_row["policy"] = 0
+            if state_ref is not None:
+                self._policy_state = state_ref
+            self._finished += 1
+            self._skipped = int(metrics.get("skipped_updates", self._skipped))
+            report.applied.append(metrics.get("update_applied", 1.0) > 0)
+            report.agent_steps += update.steps
+            report.episodes += update.episodes
+            report.policy_metrics = metrics
 
-        def finish_disc():
-            nonlocal disc_future
-            if disc_future is not None:
-                metrics, n = be.get(disc_future[0]), disc_future[1]
-                if metrics is not None:
-                    last["disc"] = metrics
-                    self.counters.disc_updates += n
-                disc_future = None
+    def _recover_policy_learner(self):
+        """The policy learner's process was restarted: hand it the newest state and redo the
+        updates that were in flight."""
+        self.counters["learner_restarts"] += 1
+        self._restarts_in_a_row["policy"] += 1
+        if self._restarts_in_a_row["policy"] > MAX_RESTARTS_IN_A_ROW:
+            raise RunError(f"the policy learner was restarted {self._restarts_in_a_row['policy']} "
+                           f"times in a row without finishing an update; see its log (`ray logs`).")
+        redo = list(self._pending)
+        self._pending.clear()
+        self.learner.set_state.remote(self._policy_state)
+        for update in redo:
+            self._submit_update(update.refs, update.steps, update.episodes)
+        self.say(f"policy learner restarted (its process died): restored to its state after "
+                 f"update {self._finished}; redoing the {len(redo)} update(s) in flight.")
 
+    # ------------------------------------------------------------------ discriminator
+    def _disc_step(self, report: StepReport):
+        """Earn this policy update's discriminator updates; start them when the last finished."""
+        rate = self.config.runtime.disc_updates_per_policy_update
+        if self.disc is None or rate <= 0:
+            return
+        self._disc_credit += rate
+        if self._disc_future is None or self.be.wait([self._disc_future[0][0]], timeout=0)[0]:
+            self._finish_disc(report)
+            n = int(self._disc_credit)
+            if n >= 1:
+                if self.keep_states:
+                    result = self.disc.train_keeping_state.options(num_returns=2).remote(n)
+                else:
+                    result = (self.disc.train.remote(n), None)
+                self._disc_future = (result, n)
+                self._disc_credit -= n
+
+    def _finish_disc(self, report: StepReport):
+        if self._disc_future is None:
+            return
+        (metrics_ref, state_ref), n = self._disc_future
+        self._disc_future = None
         try:
-            while self._budget_left(start) or pending:
-                if not self._budget_left(start) or submitted >= (rt.max_updates or float("inf")):
-                    finish_update(block=True)
-                    break
-                # The learner's version counts applied updates only (a refused update keeps it).
-                version = submitted - int(last["policy"].get("skipped_updates", 0))
-                items = queue.get(rt.unrolls_per_batch, learner_version=version)
-                steps = 0
-                for meta, _ in items:
-                    steps += meta["agent_steps"]
-                    self.counters.episodes += meta["episodes"]
-                    returns.append(meta["mean_return"])
-                    actor_busy.append(meta["unroll_seconds"])
-                    actor_idle.append(meta["idle_seconds"])
-                    actor_rate.add(meta["agent_steps"])
-                    versions[meta["actor"]].append(meta["policy_version"])
-                    seen = incarnations[meta["actor"]]
-                    if meta["restarted"] and meta["incarnation"] not in seen:
-                        self.counters.actor_restarts += 1
-                        print(f"actor {meta['actor']} is back after a restart.", flush=True)
-                    seen.add(meta["incarnation"])
-                self.counters.agent_steps += steps
-                refs = [ref for _, ref in items]
-                pending.append((self.learner.update.remote(*refs), steps))
-                submitted += 1
-                if sample_ref is None and (submitted % rt.image_every_updates == 0 or submitted == 1):
-                    sample_ref = refs[0]
-                finish_update(block=False)
+            metrics = self.be.get(metrics_ref)
+        except Exception as e:  # pylint: disable=broad-except
+            if not self.be.is_actor_error(e):
+                raise
+            metrics = {"awaiting_state": 1.0}
+        if metrics is not None and metrics.get("awaiting_state"):
+            self.counters["disc_restarts"] += 1
+            self._restarts_in_a_row["disc"] += 1
+            if self._restarts_in_a_row["disc"] > MAX_RESTARTS_IN_A_ROW:
+                raise RunError(f"the discriminator learner was restarted "
+                               f"{self._restarts_in_a_row['disc']} times in a row without "
+                               f"finishing an update; see its log (`ray logs`).")
+            self.disc.set_state.remote(self._disc_state)
+            self.say("discriminator learner restarted (its process died): restored to its state "
+                     "after its last finished update; its replay refills from the actors.")
+            return
+        self._restarts_in_a_row["disc"] = 0
+        if metrics is not None:
+            report.disc_metrics = metrics
+            report.disc_updates += n
+            if state_ref is not None:
+                self._disc_state = state_ref
 
-                if self.disc is not None and rt.disc_updates_per_policy_update > 0:
-                    disc_credit += rt.disc_updates_per_policy_update
-                    if disc_future is None or be.wait([disc_future[0]], timeout=0)[0]:
-                        finish_disc()
-                        n = int(disc_credit)
-                        if n >= 1:
-                            disc_future = (self.disc.train.remote(n), n)
-                            disc_credit -= n
+    # ------------------------------------------------------------------ parameter server
+    def _check_server(self):
+        if not self.on_ray or time.monotonic() - self._server_checked < SERVER_CHECK_EVERY_S:
+            return
+        self._server_checked = time.monotonic()
+        incarnation = self.be.get(self.param_server.get_incarnation.remote())
+        if incarnation != self._server_incarnation:
+            self._server_incarnation = incarnation
+            self.counters["server_restarts"] += 1
+            self.learner.publish.remote()
+            if self.disc is not None:
+                self.disc.publish.remote()
+            self.say("parameter server restarted (its process died): the learners published "
+                     "their parameters again.")
 
-                now = time.monotonic()
-                self.counters.elapsed_s = elapsed_before + now - start
-                self.counters.unrolls_dropped_stale = queue.stats.unrolls_dropped_stale
-                values = self._progress_values(queue, actor_rate, learner_rate, returns,
-                                               actor_busy, actor_idle, last, now - start)
-                monitor.progress(self.counters.updates, values)
-                if sample_ref is not None and last["policy"]:
-                    self._log_samples(monitor, be.get(sample_ref))
-                    sample_ref = None
-                if rt.checkpoint_dir and now - last_checkpoint >= 60 * rt.checkpoint_every_minutes:
-                    finish_update(block=True)
-                    finish_disc()
-                    path = self._checkpoint(monitor)
-                    last_checkpoint = time.monotonic()
-                    print(f"checkpoint: {path}", flush=True)
-            finish_update(block=True)
-            finish_disc()
-            self.counters.elapsed_s = elapsed_before + time.monotonic() - start
-            values = self._progress_values(queue, actor_rate, learner_rate, returns, actor_busy,
-                                           actor_idle, last, time.monotonic() - start)
-            final_values = values
-            monitor.progress(self.counters.updates, values, force=True)
-            path = self._checkpoint(monitor)
-            if path:
-                print(f"checkpoint: {path}", flush=True)
-        finally:
-            monitor.close()
-            self._stop_workers()
-        return {"counters": dataclasses.asdict(self.counters), "policy_metrics": last["policy"],
-                "progress": final_values,
-                "policy_versions_by_actor": {a: list(v) for a, v in versions.items()},
-                "disc_metrics": last["disc"], "checkpoint": self._last_checkpoint_path(),
-                "queue": dataclasses.asdict(queue.stats) | {"lags": list(queue.stats.lags)}}
+    # ------------------------------------------------------------------ the seam
+    def step(self, updates_left: Optional[int], want_samples: bool) -> StepReport:
+        report = StepReport()
+        self._start_actors()
+        sample_ref = None
+        if updates_left is None or updates_left > len(self._pending):
+            items = self._take_batch(report)
+            refs = [ref for _, ref in items]
+            self._submit_update(refs, sum(m["agent_steps"] for m, _ in items),
+                                sum(m["episodes"] for m, _ in items))
+            self._submitted += 1
+            sample_ref = refs[0] if want_samples else None
+            self._finish_updates(report, keep=1)
+            self._disc_step(report)
+        else:  # the budget allows no new update: finish one in flight
+            self._finish_updates(report, keep=len(self._pending) - 1)
+        if sample_ref is not None:
+            report.samples = _final_canvases(self.be.get(sample_ref))
+        self._check_server()
+        report.values = self._values()
+        return report
 
-    def _stop_workers(self):
+    def flush(self) -> StepReport:
+        report = StepReport()
+        self._finish_updates(report, keep=0)
+        self._finish_disc(report)
+        report.values = self._values()
+        return report
+
+    def state(self) -> RuntimeState:
+        be = self.be
+        if self.keep_states:   # after a flush, the states the last updates left
+            trees = {"policy": be.get(self._policy_state)}
+            if self.disc is not None:
+                trees["discriminator"] = be.get(self._disc_state)
+        else:
+            trees = {"policy": be.get(self.learner.get_state.remote())}
+            if self.disc is not None:
+                trees["discriminator"] = be.get(self.disc.get_state.remote())
+        if self.disc is not None:
+            trees["replay"] = be.get(self.disc.get_replay_state.remote())
+        next_unrolls = self._first_unrolls if self.queue is None else self.queue.next_unrolls
+        counters = dict(self.counters, disc_credit=self._disc_credit, next_unrolls=list(next_unrolls))
+        return RuntimeState(trees, counters)
+
+    def restore(self, path: str, counters: dict) -> None:
+        be = self.be
+        template = be.get(self.learner.get_state.remote())
+        policy = restore_part(path, "policy", template, "policy learner")
+        be.get(self.learner.set_state.remote(policy, True))  # this run's hyperparameters
+        if self.keep_states:
+            self._policy_state = self.learner.get_state.remote()
+        if self.disc is not None:
+            template = be.get(self.disc.get_state.remote())
+            tree = restore_part(path, "discriminator", template, "discriminator")
+            be.get(self.disc.set_state.remote(tree))
+            if self.keep_states:
+                self._disc_state = self.disc.get_state.remote()
+            # The critic resumes on the fakes it had, not none.
+            replay = restore_replay(path, be.get(self.disc.get_replay_state.remote()), self.say)
+            if replay is not None:
+                be.get(self.disc.set_replay_state.remote(replay))
+        for key in self.counters:
+            self.counters[key] = int(counters.get(key, 0))
+        self._disc_credit = float(counters.get("disc_credit", 0.0))
+        saved = list(counters.get("next_unrolls", []))
+        self._first_unrolls = [int(saved[i]) if i < len(saved) else 0
+                               for i in range(self.config.runtime.num_actors)]
+        self._submitted = self._finished = int(counters.get("updates", 0))
+        self._skipped = int(np.asarray(policy.skipped_updates))
+
+    def summary(self) -> dict:
+        stats = None if self.queue is None else self.queue.stats
+        return {"policy_versions_by_actor": {a: list(v) for a, v in self._versions.items()},
+                "unroll_indices_by_actor": {a: list(v) for a, v in self._unroll_indices.items()},
+                "counters": dict(self.counters),
+                "queue": {} if stats is None else dataclasses.asdict(stats) | {"lags": list(stats.lags)}}
+
+    def close(self):
         """End every worker of this run, so a later run in the same Ray session starts clean."""
-        for handle in getattr(self, "actors", []) + [getattr(self, name, None) for name in
-                                                     ("learner", "disc", "param_server")]:
+        for handle in self.actors + [self.learner, self.disc, self.param_server]:
             if handle is not None:
                 try:
-                    self.backend.kill(handle, no_restart=True)
+                    self.be.kill(handle, no_restart=True)
                 except Exception:  # pylint: disable=broad-except
                     pass  # already gone
 
-    def _last_checkpoint_path(self) -> Optional[str]:
-        rt = self.config.runtime
-        return checkpointing.latest_checkpoint(rt.checkpoint_dir) if rt.checkpoint_dir else None
-
-    def _progress_values(self, queue, actor_rate, learner_rate, returns, busy, idle, last,
-                         wall_s) -> dict:
-        values = {
-            "updates": self.counters.updates,
-            "disc_updates": self.counters.disc_updates,
-            "agent_steps": self.counters.agent_steps,
-            "actor_steps_per_s": actor_rate.rate(),
-            "learner_steps_per_s": learner_rate.rate(),
-            "consumer_wait_frac": queue.stats.consumer_wait_s / max(wall_s, 1e-9),
-            "producer_wait_frac": sum(idle) / max(sum(idle) + sum(busy), 1e-9),
-            "dropped_stale": self.counters.unrolls_dropped_stale,
-            "actor_failures": self.counters.actor_failures,
-            "actor_restarts": self.counters.actor_restarts,
-            "mean_episode_return": float(np.mean(returns)) if returns else float("nan"),
-        }
-        values.update(queue.lag_summary())
-        policy, disc = last["policy"], last["disc"]
-        if not np.isfinite(values["mean_episode_return"]) and "mean_reward_per_unroll" in policy:
-            values["mean_episode_return"] = policy["mean_reward_per_unroll"]  # rewards_on=learner
-        values.update(monitoring.learner_values(policy, disc, ("learner_update_seconds",)))
+    def _values(self) -> dict:
+        if self.queue is None:
+            return {}
+        self.counters["unrolls_dropped_stale"] = self.queue.stats.unrolls_dropped_stale
+        wall = max(time.monotonic() - self._start, 1e-9)
+        busy, idle = sum(self._busy), sum(self._idle)
+        values = {"consumer_wait_frac": self.queue.stats.consumer_wait_s / wall,
+                  "producer_wait_frac": idle / max(idle + busy, 1e-9),
+                  "dropped_stale": self.counters["unrolls_dropped_stale"]}
+        values.update({k: v for k, v in self.counters.items() if k != "unrolls_dropped_stale"})
+        values.update(self.queue.lag_summary())
         return values
 
-    def _log_samples(self, monitor, trajectory):
-        canvases = trajectory.observation.canvas[:, -1]
-        if trajectory.observation.target is not None:
-            canvases = np.concatenate([canvases, trajectory.observation.target[:, 0]], axis=2)
-        monitor.images(self.counters.updates, "samples/final_canvas", canvases)
+
+def _final_canvases(trajectory) -> np.ndarray:
+    """The final canvases of an unroll (beside their targets when conditional), uint8."""
+    canvases = trajectory.observation.canvas[:, -1]
+    if trajectory.observation.target is not None:
+        canvases = np.concatenate([canvases, trajectory.observation.target[:, 0]], axis=2)
+    return canvases

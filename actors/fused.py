@@ -19,13 +19,12 @@ batched on the accelerator (``spiral.envs.jax_engine``), so one compiled program
    holds one batch), so the program has no data-dependent control flow;
 5. returns the new ``FusedState`` and scalar metrics.
 
-Nothing leaves the device between steps but the metrics. ``train(config)`` is the thin shell
-around it (``driver.train`` dispatches ``--runtime=fused`` here): it loads the data, builds or
-restores the state, loops the step, prints the driver's progress line and TensorBoard scalars
-(``Monitor``), and writes the driver's checkpoints (``checkpointing.save_checkpoint``: policy,
-discriminator and replay trees, ``driver.Counters`` and the config) and runs the evaluation hook
-(``spiral.evaluation.log_checkpoint_metrics``), so either runtime can evaluate or resume the
-other's run.
+Nothing leaves the device between steps but the metrics. ``FusedRuntime`` is the thin shell
+around it, a ``spiral.actors.runtime.Runtime`` driven by the run loop (``run_loop.train``) like
+the other runtimes: it builds or restores the state, dispatches one step per policy update (the
+next before fetching the previous one's metrics), and hands the loop the same trees the
+distributed runtime checkpoints (policy, discriminator, replay), so either runtime can evaluate
+or resume the other's run.
 
 Differences from the distributed runtime, all deliberate:
 * Policy lag is 0: every batch is acted by the parameters it updates (the distributed runtime
@@ -52,17 +51,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from spiral.actors import checkpointing, driver, monitoring
 from spiral.actors.acting import reward_mode
+from spiral.actors.runtime import (RunData, RuntimeState, StepReport, check_local_gpu,
+                                   load_run_data, restore_part, restore_replay)
 from spiral.discriminator import learning as disc_learning
 from spiral.discriminator.config import IMAGE_SIZE
 from spiral.discriminator.reward import episode_rewards
@@ -95,7 +93,7 @@ class FusedState(NamedTuple):
     """Everything one fused step reads and writes (a pytree of arrays).
 
     No environment or key state: each step resets fresh environments from the step's key (an
-    argument), and the run's counters are the host's ``driver.Counters``.
+    argument), and the run's counters are the run loop's.
     """
     policy: LearnerState          # the PolicyLearner's state (checkpointed as ``policy/``)
     disc: Optional[Any]           # DiscriminatorState, None with the L2 reward
@@ -400,12 +398,16 @@ def step_key(seed: int, update: int) -> jax.Array:
 
 # ----------------------------------------------------------------------------------- the shell
 
-def load_data(config) -> FusedData:
-    """The run's real images / targets as uint8 levels (``driver.load_images``), on the host."""
-    images = driver.load_images(config)
+def fused_data(config, data: RunData) -> FusedData:
+    """The run's data (``runtime.load_run_data``) as the fused step holds it, on the host."""
     if config.env.conditional:
-        return FusedData(None, driver.area_downsample(images, config.observation_width))
-    return FusedData(images if config.uses_discriminator else None, None)
+        return FusedData(None, data.targets)
+    return FusedData(data.images if config.uses_discriminator else None, None)
+
+
+def load_data(config) -> FusedData:
+    """``fused_data`` of the run's dataset."""
+    return fused_data(config, load_run_data(config))
 
 
 def policy_tree(state: FusedState):
@@ -431,33 +433,26 @@ def replay_tree(state: FusedState, added: int) -> Optional[dict]:
     return tree
 
 
-def restore_into(state: FusedState, path: str) -> tuple[FusedState, int]:
+def restore_into(state: FusedState, path: str, say: Callable[[str], None] = print
+                 ) -> tuple[FusedState, int]:
     """``state`` with the policy, discriminator and replay of checkpoint folder ``path``, and the
-    replay's count of canvases ever added (0 when the checkpoint has no replay that fits)."""
-    policy = checkpointing.restore_tree(os.path.join(path, "policy"), policy_tree(state))
+    replay's count of canvases ever added (0 when the checkpoint has no replay that fits). The
+    policy keeps ``state``'s hyperparameters (this run's config), not the saved ones."""
+    policy = restore_part(path, "policy", policy_tree(state), "policy learner")
+    policy = policy._replace(hyperparams=state.policy.hyperparams)
     state = state._replace(policy=jax.tree.map(jnp.asarray, policy))
     added = 0
     if state.disc is not None:
-        tree = checkpointing.restore_tree(os.path.join(path, "discriminator"), disc_tree(state))
+        tree = restore_part(path, "discriminator", disc_tree(state), "discriminator")
         state = state._replace(disc=disc_learning.state_from_tree(
             jax.tree.map(jnp.asarray, tree), state.disc))
-        replay_path = os.path.join(path, "replay")
-        if os.path.isdir(replay_path):  # the critic resumes on the fakes it had, as the driver's
-            try:
-                tree = checkpointing.restore_tree(replay_path, replay_tree(state, 0))
-                capacity = state.replay.canvases.shape[0]
-                size, next_slot = int(tree["size"]), int(tree["next"])
-                if not (0 <= size <= capacity and 0 <= next_slot < capacity):
-                    raise ValueError(f"impossible fill level {size} / next slot {next_slot}")
-            except ValueError as e:
-                print(f"--resume: the saved replay does not fit this run's ({e}); the "
-                      f"discriminator starts from an empty replay.", flush=True)
-            else:
-                targets = tree.get("targets")
-                state = state._replace(replay=FusedReplay(
-                    jnp.asarray(tree["canvases"]), None if targets is None else jnp.asarray(targets),
-                    jnp.asarray(size, jnp.int32), jnp.asarray(next_slot, jnp.int32)))
-                added = int(tree["added"])
+        tree = restore_replay(path, replay_tree(state, 0), say)
+        if tree is not None:  # the critic resumes on the fakes it had, as the driver's
+            targets = tree.get("targets")
+            state = state._replace(replay=FusedReplay(
+                jnp.asarray(tree["canvases"]), None if targets is None else jnp.asarray(targets),
+                jnp.asarray(tree["size"], jnp.int32), jnp.asarray(tree["next"], jnp.int32)))
+            added = int(tree["added"])
     return state, added
 
 
@@ -480,137 +475,101 @@ def _num_devices(config) -> int:
     return int(getattr(config.runtime, "fused_devices", 1) or 1)
 
 
-def train(config, num_devices: Optional[int] = None) -> dict:
-    """Run one experiment with the fused runtime to its budget; returns what ``driver.train`` does:
-    {"counters", "policy_metrics", "disc_metrics", "progress" (the last progress values),
-    "checkpoint"}."""
-    rt = config.runtime
-    num_devices = _num_devices(config) if num_devices is None else num_devices
-    counters = driver.Counters()
-    resume_from = None
-    if rt.resume:
-        resume_from = checkpointing.latest_checkpoint(rt.checkpoint_dir)
-        if resume_from is None:
-            print(f"--resume: no checkpoint in {rt.checkpoint_dir} yet; starting afresh.", flush=True)
-        else:
-            saved_config, saved_counters = checkpointing.read_run_info(resume_from)
-            driver._check_resumable(saved_config, config)  # pylint: disable=protected-access
-            counters = driver.Counters(**{f.name: saved_counters.get(f.name, 0)
-                                          for f in dataclasses.fields(driver.Counters)})
+class _Dispatched(NamedTuple):
+    metrics: Any           # the step's metrics (device arrays, not yet fetched)
+    disc_updates: int
+    replay_info: dict
+    want_samples: bool
 
-    parts = make_parts(config)
-    state = parts.init_state(jax.tree.map(jnp.asarray, load_data(config)))
-    added = 0
-    if resume_from:
-        state, added = restore_into(state, resume_from)
-        print(f"Resumed from {resume_from} at {counters.updates} policy updates.", flush=True)
-    book = _ReplayBook(state.replay, added)
-    state = place_state(state, num_devices)
 
-    batch, num_steps = rt.batch_size, config.env.episode_length - 1
-    disc_batch = config.discriminator.batch_size
-    monitor = monitoring.Monitor(rt.logdir or None, rt.log_every_seconds)
-    rates = driver._Rates()  # pylint: disable=protected-access
-    returns = []
-    last = {"policy": {}, "disc": {}}
-    start = time.monotonic()
-    elapsed_before = counters.elapsed_s
-    last_checkpoint = start
-    credit = 0.0
+class FusedRuntime:
+    """The ``Runtime`` of ``--runtime=fused``: the state on the device(s), one jitted step per
+    policy update, the next step dispatched before the previous one's metrics are fetched."""
 
-    def budget_left(dispatched: int) -> bool:
-        if rt.max_updates and dispatched >= rt.max_updates:
-            return False
-        return not (rt.max_minutes and time.monotonic() - start >= 60 * rt.max_minutes)
+    def __init__(self, config, data: RunData, say: Callable[[str], None],
+                 num_devices: Optional[int] = None):
+        if config.runtime.num_gpus > 0:
+            check_local_gpu(config.runtime.num_gpus)
+        self.config, self.say = config, say
+        self.num_devices = _num_devices(config) if num_devices is None else num_devices
+        parts = make_parts(config)
+        self.fused_state = parts.init_state(jax.tree.map(jnp.asarray, fused_data(config, data)))
+        self.book = _ReplayBook(self.fused_state.replay, 0)
+        self.credit = 0.0
+        self.dispatched = 0       # policy updates started (= the next step's update index)
+        self.pending: Optional[_Dispatched] = None
+        self._placed = False
 
-    def dispatch(update: int):
-        """Start policy update ``update`` (asynchronously); returns what ``record`` needs."""
-        nonlocal state, credit
-        book.add(batch)
+    def _dispatch(self, want_samples: bool) -> _Dispatched:
+        """Start policy update number ``self.dispatched`` (asynchronously)."""
+        config, rt = self.config, self.config.runtime
+        if not self._placed:
+            self.fused_state = place_state(self.fused_state, self.num_devices)
+            self._placed = True
+        self.book.add(rt.batch_size)
         disc_updates = 0
         if config.uses_discriminator:
-            disc_updates, credit = disc_updates_due(credit, rt.disc_updates_per_policy_update,
-                                                    book.size >= disc_batch)
-        step = make_fused_step(config, num_devices, disc_updates=disc_updates)
-        state, metrics = step(state, step_key(rt.seed, update))
-        return metrics, disc_updates, {"replay_size": book.size, "replay_added": book.added}
+            disc_updates, self.credit = disc_updates_due(
+                self.credit, rt.disc_updates_per_policy_update,
+                self.book.size >= config.discriminator.batch_size)
+        step = make_fused_step(config, self.num_devices, disc_updates=disc_updates)
+        self.fused_state, metrics = step(self.fused_state, step_key(rt.seed, self.dispatched))
+        self.dispatched += 1
+        return _Dispatched(metrics, disc_updates,
+                           {"replay_size": self.book.size, "replay_added": self.book.added},
+                           want_samples)
 
-    def record(pending):
-        """Host-side bookkeeping of one finished step (its metrics fetched)."""
-        metrics, disc_updates, replay_info = pending
-        metrics = jax.device_get(metrics)
+    def _record(self, report: StepReport):
+        """Fetch the pending step's metrics into ``report``."""
+        done, self.pending = self.pending, None
+        metrics = jax.device_get(done.metrics)
         samples = metrics.pop("sample_canvases")
-        counters.updates += 1
-        counters.agent_steps += batch * num_steps
-        counters.episodes += batch
-        rates.add(batch * num_steps)
-        returns.append(float(metrics.pop("mean_episode_return")))
-        del returns[:-200]
-        last["policy"] = {k: float(v) for k, v in metrics.items() if not k.startswith("d_")}
-        if disc_updates > 0:
-            counters.disc_updates += disc_updates
-            last["disc"] = {k[2:]: float(v) for k, v in metrics.items() if k.startswith("d_")}
-            last["disc"].update(replay_info, updates=float(disc_updates))
-        if counters.updates % rt.image_every_updates == 0 or counters.updates == 1:
-            monitor.images(counters.updates, "samples/final_canvas", samples)
+        steps = self.config.runtime.batch_size * (self.config.env.episode_length - 1)
+        report.agent_steps += steps
+        report.acted_steps += steps
+        report.episodes += self.config.runtime.batch_size
+        report.returns.append(float(metrics.pop("mean_episode_return")))
+        report.policy_metrics = {k: float(v) for k, v in metrics.items() if not k.startswith("d_")}
+        report.applied.append(report.policy_metrics.get("update_applied", 1.0) > 0)
+        if done.disc_updates > 0:
+            report.disc_updates += done.disc_updates
+            report.disc_metrics = {k[2:]: float(v) for k, v in metrics.items() if k.startswith("d_")}
+            report.disc_metrics.update(done.replay_info, updates=float(done.disc_updates))
+        if done.want_samples:
+            report.samples = samples
 
-    def checkpoint() -> Optional[str]:
-        if not rt.checkpoint_dir:
-            return None
-        counters.elapsed_s = elapsed_before + time.monotonic() - start
-        policy = policy_tree(state)
-        path = checkpointing.save_checkpoint(rt.checkpoint_dir, counters.updates, config.to_dict(),
-                                             dataclasses.asdict(counters), policy, disc_tree(state),
-                                             replay_tree(state, book.added))
-        # The evaluation every runtime runs at a checkpoint (as the driver does): held-out
-        # metrics to <checkpoint_dir>/eval_log.jsonl and TensorBoard eval/*.
-        from spiral.evaluation import log_checkpoint_metrics  # pylint: disable=import-outside-toplevel
-        log_checkpoint_metrics(config, policy.params, dataclasses.asdict(counters), monitor)
-        return path
+    # ------------------------------------------------------------------ the seam
+    def step(self, updates_left: Optional[int], want_samples: bool) -> StepReport:
+        report = StepReport()
+        if updates_left is None or updates_left > (self.pending is not None):
+            started = self._dispatch(want_samples)
+            if self.pending is not None:
+                self._record(report)
+            self.pending = started
+        else:
+            self._record(report)
+        return report
 
-    final_values = {}
-    pending = None   # the previous step's metrics (device arrays): fetched after the next dispatch
-    try:
-        while budget_left(counters.updates + (pending is not None)):
-            started = dispatch(counters.updates + (pending is not None))
-            if pending is not None:
-                record(pending)
-            pending = started
-            now = time.monotonic()
-            counters.elapsed_s = elapsed_before + now - start
-            monitor.progress(counters.updates, _progress_values(counters, rates, returns, last))
-            if rt.checkpoint_dir and now - last_checkpoint >= 60 * rt.checkpoint_every_minutes:
-                record(pending)
-                pending = None
-                print(f"checkpoint: {checkpoint()}", flush=True)
-                last_checkpoint = time.monotonic()
-        if pending is not None:
-            record(pending)
-        counters.elapsed_s = elapsed_before + time.monotonic() - start
-        final_values = _progress_values(counters, rates, returns, last)
-        monitor.progress(counters.updates, final_values, force=True)
-        path = checkpoint()
-        if path:
-            print(f"checkpoint: {path}", flush=True)
-    finally:
-        monitor.close()
-    return {"counters": dataclasses.asdict(counters), "policy_metrics": last["policy"],
-            "disc_metrics": last["disc"], "progress": final_values,
-            "checkpoint": checkpointing.latest_checkpoint(rt.checkpoint_dir) if rt.checkpoint_dir else None}
+    def flush(self) -> StepReport:
+        report = StepReport()
+        if self.pending is not None:
+            self._record(report)
+        return report
 
+    def state(self) -> RuntimeState:
+        trees = {"policy": policy_tree(self.fused_state), "discriminator": disc_tree(self.fused_state),
+                 "replay": replay_tree(self.fused_state, self.book.added)}
+        return RuntimeState(trees, {"disc_credit": self.credit})
 
-def _progress_values(counters, rates, returns, last) -> dict:
-    """The driver's progress values that apply to the fused runtime (same keys)."""
-    steps_per_s = rates.rate()
-    values = {
-        "updates": counters.updates,
-        "disc_updates": counters.disc_updates,
-        "agent_steps": counters.agent_steps,
-        # One program acts and learns: both rates are the fused step's agent steps per second.
-        "actor_steps_per_s": steps_per_s,
-        "learner_steps_per_s": steps_per_s,
-        "mean_episode_return": float(np.mean(returns)) if returns else float("nan"),
-    }
-    values.update(monitoring.learner_values(last["policy"], last["disc"],
-                                            ("policy_lag_mean", "policy_lag_max")))
-    return values
+    def restore(self, path: str, counters: dict) -> None:
+        state, added = restore_into(self.fused_state, path, self.say)
+        self.fused_state = state
+        self.book = _ReplayBook(state.replay, added)
+        self.credit = float(counters.get("disc_credit", 0.0))
+        self.dispatched = int(counters.get("updates", 0))
+
+    def summary(self) -> dict:
+        return {}
+
+    def close(self):
+        self.fused_state = self.pending = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Mapping, TextIO
+from typing import Callable, Mapping, TextIO
 
 import numpy as np
 
@@ -80,10 +80,18 @@ def progress_line(values: Mapping[str, float], elapsed_s: float) -> str:
 
 
 class Monitor:
-    """Progress line every ``print_every_s`` seconds, TensorBoard scalars and images in ``logdir``."""
+    """Progress line every ``print_every_s`` seconds, TensorBoard scalars and images in ``logdir``.
 
-    def __init__(self, logdir: str | None, print_every_s: float = 5.0, stream: TextIO = sys.stdout):
+    TensorBoard is a convenience, never a reason to stop a run: when its files cannot be
+    written (the disk refuses a flush, or the writer's thread died) the monitor says so once
+    through ``say_fn`` and goes on printing progress lines without it.
+    """
+
+    def __init__(self, logdir: str | None, print_every_s: float = 5.0, stream: TextIO = sys.stdout,
+                 say_fn: Callable[[str], None] | None = None):
         self._writer = None
+        self._logdir = logdir
+        self._say = say_fn or (lambda message: print(message, file=stream, flush=True))
         if logdir:
             from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
             self._writer = SummaryWriter(logdir, flush_secs=10)
@@ -92,6 +100,31 @@ class Monitor:
         self._start = time.monotonic()
         self._last_print = -math.inf
         self.lines_printed = 0
+
+    @property
+    def writing(self) -> bool:
+        """True while TensorBoard files are being written."""
+        return self._writer is not None
+
+    def _give_up(self, error) -> None:
+        # Not close(): it would flush and join a writer that already failed, and can block.
+        self._writer = None
+        self._say(f"TensorBoard logs in {self._logdir} cannot be written ({error}); training goes "
+                  f"on without them.")
+
+    def _check_writer(self) -> None:
+        """Flush from this thread (an OSError surfaces here) and check the writer's thread."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.flush()
+        except OSError as e:
+            self._give_up(e)
+            return
+        worker = getattr(getattr(getattr(self._writer, "file_writer", None), "event_writer", None),
+                         "_worker", None)
+        if worker is not None and not worker.is_alive():
+            self._give_up("its writer thread stopped")
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str = ""):
         if self._writer is None:
@@ -117,13 +150,16 @@ class Monitor:
         self._last_print = now
         print(progress_line(values, now - self._start), file=self._stream, flush=True)
         self.lines_printed += 1
+        self._check_writer()
         return True
 
     def flush(self):
-        if self._writer is not None:
-            self._writer.flush()
+        self._check_writer()
 
     def close(self):
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError as e:
+                self._say(f"TensorBoard logs in {self._logdir} could not be closed ({e}).")
             self._writer = None

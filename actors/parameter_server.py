@@ -4,23 +4,35 @@ Learners ``ray.put`` each new version once and publish the reference here; actor
 newest one at the start of each unroll (pull, not push: a pushed update can be lost while an actor
 is busy). References are wrapped in a one-element list so Ray hands them over as references
 instead of resolving them. In the local runtime the "reference" is the parameters themselves.
+
+It holds nothing that cannot be published again: Ray restarts it after a crash (empty, with a
+new ``incarnation``), the runtime notices the new incarnation and has the learners publish again,
+and meanwhile actors keep acting with the parameters they hold.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
 
 
 class ParameterServer:
-    """Holds ``name -> (version, [reference])``; versions only move forward."""
+    """Holds ``name -> (version, [reference])``; versions only move forward, except by ``force``."""
 
     def __init__(self):
         self._latest: dict[str, tuple[int, list]] = {}
+        self.incarnation = os.urandom(4).hex()
 
-    def publish(self, name: str, version: int, wrapped_ref: list) -> int:
+    def get_incarnation(self) -> str:
+        """Differs after each restart of the server's process."""
+        return self.incarnation
+
+    def publish(self, name: str, version: int, wrapped_ref: list, force: bool = False) -> int:
+        """Make ``version`` the newest of ``name``. An older (or equal) version arriving late is
+        ignored unless ``force`` (a learner restored to an earlier state replaces what it had
+        published, whose reference may have died with its old process)."""
         current = self._latest.get(name)
-        if current is not None and version <= current[0]:
-            return current[0]  # an out-of-order older publish never replaces a newer one
+        if current is not None and version <= current[0] and not force:
+            return current[0]
         self._latest[name] = (int(version), wrapped_ref)
         return int(version)
 
@@ -34,7 +46,3 @@ class ParameterServer:
     def versions(self) -> dict[str, int]:
         return {name: v for name, (v, _) in self._latest.items()}
 
-
-def unwrap(backend, wrapped: Any):
-    """Fetch the parameters behind a published ``[reference]``."""
-    return backend.get(wrapped[0])

@@ -12,6 +12,16 @@ one call in flight, so its unrolls reach the learner in the order it made them.
 
 Stale data is dropped, not trained on: an unroll whose acting policy is more than
 ``max_policy_lag`` versions behind the learner is discarded and counted.
+
+The queue counts each actor's unroll calls from ``first_unrolls`` (``next_unrolls``): an actor's
+randomness is a function of its unroll index, so a resumed run builds its actors at the saved
+``next_unrolls`` and they continue their streams instead of replaying them. (An actor Ray
+restarts mid-run draws from fresh streams, ``ActorWorker``'s seed offset, so it never repeats
+episodes either.)
+
+``prefetch=False`` (the in-process runtime, where every call runs when it is made) starts an
+unroll only when ``get`` needs one: acting ahead would only add policy lag there, and the queue
+is empty between batches, so a checkpoint holds everything needed to continue exactly.
 """
 
 from __future__ import annotations
@@ -45,11 +55,14 @@ class TrajectoryQueue:
       on_actor_failure: called with (actor_index, exception) when an unroll call fails.
       max_consecutive_failures: an actor whose unrolls fail this many times in a row is broken
         (not merely restarted): the queue raises instead of retrying it forever.
+      first_unrolls: the index of each actor's first unroll call (default 0 for every actor).
+      prefetch: keep ``capacity`` unrolls outstanding (True), or start them only on demand.
     """
 
     def __init__(self, backend, actors: Sequence[Any], capacity: int, max_policy_lag: int,
                  on_actor_failure: Callable[[int, BaseException], None] | None = None,
-                 max_consecutive_failures: int = 5):
+                 max_consecutive_failures: int = 5, first_unrolls: Sequence[int] | None = None,
+                 prefetch: bool = True):
         if capacity < len(actors):
             raise ValueError(f"queue capacity ({capacity}) must be at least the number of actors "
                              f"({len(actors)}), or some actors would never run.")
@@ -65,6 +78,11 @@ class TrajectoryQueue:
         self._in_flight: dict[Any, tuple[int, Any]] = {}  # metadata ref -> (actor index, traj ref)
         self._ready: collections.deque = collections.deque()  # (metadata, traj ref)
         self._idle_actors: collections.deque = collections.deque(range(len(self._actors)))
+        self.next_unrolls = list(first_unrolls) if first_unrolls is not None else [0] * len(self._actors)
+        if len(self.next_unrolls) != len(self._actors):
+            raise ValueError(f"first_unrolls has {len(self.next_unrolls)} entries for "
+                             f"{len(self._actors)} actors.")
+        self.prefetch = prefetch
         self.stats = QueueStats()
 
     def __len__(self) -> int:
@@ -75,9 +93,14 @@ class TrajectoryQueue:
     def num_ready(self) -> int:
         return len(self._ready)
 
-    def _submit(self):
+    def _submit(self, wanted: int | None = None):
+        """Start unrolls on idle actors while there is room (at most ``wanted`` more outstanding
+        than ready, when given)."""
         while self._idle_actors and len(self) < self.capacity:
+            if wanted is not None and len(self) >= wanted:
+                return
             i = self._idle_actors.popleft()
+            self.next_unrolls[i] += 1
             meta_ref, traj_ref = self._actors[i].unroll.options(num_returns=2).remote()
             self._in_flight[meta_ref] = (i, traj_ref)
 
@@ -122,7 +145,8 @@ class TrajectoryQueue:
         last_progress = start
         stale_in_a_row = 0
         while len(out) < num_unrolls:
-            self._submit()
+            wanted = None if self.prefetch else num_unrolls - len(out)
+            self._submit(wanted)
             while self._ready and len(out) < num_unrolls:
                 meta, traj_ref = self._ready.popleft()
                 lag = learner_version - int(meta["policy_version"])
@@ -139,7 +163,7 @@ class TrajectoryQueue:
                 self.stats.lags.append(lag)
                 out.append((meta, traj_ref))
             if len(out) < num_unrolls:
-                self._submit()
+                self._submit(None if self.prefetch else num_unrolls - len(out))
                 received = self.stats.unrolls_received + self.stats.unrolls_failed
                 self._collect(timeout=1.0)
                 now = time.perf_counter()
@@ -148,7 +172,8 @@ class TrajectoryQueue:
                 elif now - last_progress > timeout_s:
                     raise TimeoutError(f"no unroll arrived from any of {len(self._actors)} actors for "
                                        f"{timeout_s:.0f} s; are the actors alive (see `ray status`)?")
-        self._submit()  # keep the actors busy while the learner trains on this batch
+        if self.prefetch:
+            self._submit()  # keep the actors busy while the learner trains on this batch
         self.stats.consumer_wait_s += time.perf_counter() - start
         self.stats.unrolls_consumed += len(out)
         return out

@@ -69,7 +69,11 @@ def _was_restarted() -> bool:
 
 class ParameterCache:
     """The newest published version of each parameter set, fetched once per version and kept on
-    this process's default device."""
+    this process's default device.
+
+    A published reference whose owner died (a learner restarting) cannot be fetched: the cache
+    keeps the version it has and asks again next time; the restored learner publishes anew.
+    """
 
     def __init__(self, backend, parameter_server):
         self._backend = backend
@@ -83,7 +87,11 @@ class ParameterCache:
             latest = self._backend.get(self._server.latest.remote(name, self._current[name][0]))
             if latest is not None:
                 version, wrapped = latest
-                self._current[name] = (version, jax.device_put(self._backend.get(wrapped[0])))
+                try:
+                    self._current[name] = (version, jax.device_put(self._backend.get(wrapped[0])))
+                except Exception as e:  # pylint: disable=broad-except
+                    if not self._backend.is_actor_error(e):
+                        raise
             if self._current[name][1] is not None:
                 return self._current[name]
             if time.monotonic() - start > timeout_s:
@@ -128,26 +136,41 @@ class ActorWorker:
 
 
 class PolicyLearnerWorker:
-    """Trains the policy on batches of trajectories and publishes every new version."""
+    """Trains the policy on batches of trajectories and publishes every new version.
+
+    Restartable: a process Ray restarts after a crash re-runs ``__init__``; it then publishes
+    nothing and refuses to train (``update`` returns ``{"awaiting_state": 1.0}``) until the
+    runtime hands it the newest state it kept (``set_state``), so a restart never trains, or
+    serves to the actors, a freshly initialised policy.
+    """
 
     def __init__(self, config, parameter_server, backend_name: str):
         self._backend = make_backend(backend_name)
         self._params = parameter_server
         self.learner = PolicyLearner(config.agent, config.policy, seed=config.runtime.seed)
+        self._config_hyperparams = self.learner.state.hyperparams
         self._rewards = None
         if config.runtime.rewards_on == "learner":
             self._rewards = CanvasRewards(config, device=jax.devices()[0])
             self._cache = ParameterCache(self._backend, parameter_server)
             self._uses_disc = config.uses_discriminator
-        self.publish()
+        self.awaiting_state = _was_restarted()
+        if not self.awaiting_state:
+            self.publish()
 
-    def publish(self) -> int:
+    def publish(self, force: bool = False) -> int:
+        """Publish the parameters (``force``: replace whatever the server holds, e.g. after a
+        restore to an older version). Nothing while awaiting its state."""
+        if self.awaiting_state:
+            return -1
         params = jax.device_get(self.learner.params)
-        self._params.publish.remote(POLICY, self.learner.step, [self._backend.put(params)])
+        self._params.publish.remote(POLICY, self.learner.step, [self._backend.put(params)], force)
         return self.learner.step
 
     def update(self, *trajectories: Trajectory) -> dict:
         """One update on the unrolls given (each [K, ...]); returns metrics and timings."""
+        if self.awaiting_state:
+            return {"awaiting_state": 1.0}
         start = time.perf_counter()
         batch = concat_trajectories(trajectories)
         extra = {}
@@ -164,16 +187,32 @@ class PolicyLearnerWorker:
                        batch_episodes=float(batch.reward.shape[0]))
         return metrics
 
+    def update_keeping_state(self, *trajectories: Trajectory) -> tuple[dict, Any]:
+        """``update``, then the state it left (None while awaiting its state): both results of
+        one call, so a state never comes from a different process than its update."""
+        metrics = self.update(*trajectories)
+        return metrics, None if self.awaiting_state else self.get_state()
+
     def get_state(self):
         return jax.device_get(self.learner.state)
 
-    def set_state(self, state) -> int:
-        self.learner.set_state(jax.tree.map(jnp.asarray, state))
-        return self.publish()
+    def set_state(self, state, config_hyperparams: bool = False) -> int:
+        """Continue from ``state`` (a ``get_state()``); ``config_hyperparams``: with this run's
+        configured hyperparameters instead of the saved ones (a resume with new flags)."""
+        state = jax.tree.map(jnp.asarray, state)
+        if config_hyperparams:
+            state = state._replace(hyperparams=self._config_hyperparams)
+        self.learner.set_state(state)
+        self.awaiting_state = False
+        return self.publish(force=True)
 
 
 class DiscriminatorWorker:
-    """The discriminator learner, its replay of final canvases and the real images."""
+    """The discriminator learner, its replay of final canvases and the real images.
+
+    Restartable as ``PolicyLearnerWorker``: after a restart ``train`` returns
+    ``{"awaiting_state": 1.0}`` until ``set_state``; the replay refills from the actors.
+    """
 
     def __init__(self, config, parameter_server, wrapped_real: list, backend_name: str):
         self._backend = make_backend(backend_name)
@@ -182,11 +221,15 @@ class DiscriminatorWorker:
         self.learner = DiscriminatorLearner(config.discriminator, seed=seed)
         self.replay = Replay.from_config(config.discriminator, seed=seed)
         self.real = self._backend.get(wrapped_real[0])  # uint8 levels [N, 64, 64, C]
-        self.publish()
+        self.awaiting_state = _was_restarted()
+        if not self.awaiting_state:
+            self.publish()
 
-    def publish(self) -> int:
+    def publish(self, force: bool = False) -> int:
+        if self.awaiting_state:
+            return -1
         version, weights = self.learner.publish()
-        self._params.publish.remote(DISCRIMINATOR, version, [self._backend.put(weights)])
+        self._params.publish.remote(DISCRIMINATOR, version, [self._backend.put(weights)], force)
         return version
 
     def add_fakes(self, canvases: np.ndarray, targets: Optional[np.ndarray] = None) -> int:
@@ -196,6 +239,8 @@ class DiscriminatorWorker:
     def train(self, num_updates: int) -> Optional[dict]:
         """``num_updates`` updates on replayed fakes and real images; None until the replay holds
         one batch (training on a few canvases repeated would overfit them)."""
+        if self.awaiting_state:
+            return {"awaiting_state": 1.0}
         if num_updates < 1 or len(self.replay) < self.learner.config.batch_size:
             return None
         start = time.perf_counter()
@@ -207,6 +252,11 @@ class DiscriminatorWorker:
                        replay_added=float(self.replay.num_added),
                        disc_seconds=time.perf_counter() - start)
         return metrics
+
+    def train_keeping_state(self, num_updates: int) -> tuple[Optional[dict], Any]:
+        """``train``, then the state it left (as ``PolicyLearnerWorker.update_keeping_state``)."""
+        metrics = self.train(num_updates)
+        return metrics, None if self.awaiting_state else self.get_state()
 
     def get_state(self) -> Any:
         return jax.device_get(disc_learning.state_to_tree(self.learner.state))
@@ -220,4 +270,5 @@ class DiscriminatorWorker:
 
     def set_state(self, tree) -> int:
         self.learner.set_state(disc_learning.state_from_tree(tree, self.learner.state))
-        return self.publish()
+        self.awaiting_state = False
+        return self.publish(force=True)

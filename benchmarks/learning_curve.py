@@ -179,14 +179,15 @@ def main(argv=None):
     for reward in args.rewards:
         config = experiment_config(args, reward)
         if not args.plot_only:
-            from spiral.actors import driver  # pylint: disable=import-outside-toplevel
+            from spiral.actors import run_loop  # pylint: disable=import-outside-toplevel
+            from spiral.evaluation import log_checkpoint_metrics  # pylint: disable=import-outside-toplevel
             if os.path.exists(config.runtime.checkpoint_dir):
                 raise SystemExit(f"error: {config.runtime.checkpoint_dir} exists; use a new --out "
                                  f"(or --plot_only to redraw it).")
             print(f"=== {reward} reward: {config.runtime.max_updates or 'no'} updates / "
                   f"{config.runtime.max_minutes or 'no'} minutes", flush=True)
             start = time.monotonic()
-            driver.train(config)
+            run_loop.train(config, on_checkpoint=log_checkpoint_metrics)
             seconds[reward] = time.monotonic() - start
         curves[reward] = read_curve(config.runtime.checkpoint_dir)
 

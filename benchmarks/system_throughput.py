@@ -3,7 +3,7 @@
 For each actor count N, one command measures, in order:
   * bare: one process (single-threaded XLA, as a Ray actor gets) running ``EpisodeRunner.unroll``
     in a loop — environments, batched policy inference and rewards, nothing else — steps/s;
-  * system: ``driver.train`` on a local Ray with N actors, the policy learner and the
+  * system: ``run_loop.train`` on a local Ray with N actors, the policy learner and the
     discriminator learner, for a fixed time; the actors' steps/s over the last 30 s, the learner's,
     the policy lag, the queue wait fractions and the object store's peak use and spilling.
   * runtime only (``--modes train,drain``): the same Ray run, but the policy learner only receives
@@ -106,8 +106,10 @@ def draining_learner_class():
 
 
 def system_run(args, actors: int, mode: str) -> dict:
+    import functools
     import ray
-    from spiral.actors import driver
+    from spiral.actors import run_loop
+    from spiral.actors.driver import DistributedRuntime
     from spiral.actors.workers import PolicyLearnerWorker
     from spiral.launch import flags as launch_flags
     run_dir = tempfile.mkdtemp(prefix="spiral_system_")
@@ -121,7 +123,8 @@ def system_run(args, actors: int, mode: str) -> dict:
     sampler = threading.Thread(target=_object_store_sampler, args=(stop, store), daemon=True)
     sampler.start()
     try:
-        result = driver.train(config, policy_learner_worker=learner_class)
+        result = run_loop.train(config, make_runtime=functools.partial(
+            DistributedRuntime, policy_learner_worker=learner_class))
     finally:
         stop.set()
         sampler.join()

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from spiral.envs.levels import area_downsample, quantise
 from spiral.evaluation import classifier as classifier_lib
 from spiral.evaluation import metrics as metrics_lib
 from spiral.evaluation.export import side_by_side
@@ -37,19 +38,6 @@ EVAL_LOG = "eval_log.jsonl"
 
 
 # ------------------------------------------------------------------------------------- data
-
-def _quantise(images: np.ndarray) -> np.ndarray:
-    return np.rint(np.asarray(images, np.float32) * 255.0).astype(np.uint8)
-
-
-def area_downsample(levels: np.ndarray, width: int) -> np.ndarray:
-    """uint8 levels [N, W, W, C] → [N, width, width, C]: exact block mean, re-quantised.
-
-    The same operation as the training runtime's targets (``spiral.actors.driver.area_downsample``).
-    """
-    from spiral.actors.driver import area_downsample as runtime_downsample  # pylint: disable=import-outside-toplevel
-    return runtime_downsample(levels, width)
-
 
 @functools.lru_cache(maxsize=8)
 def heldout_images(dataset: str, width: int, count: int, data_dir: Optional[str] = None
@@ -76,7 +64,7 @@ def heldout_images(dataset: str, width: int, count: int, data_dir: Optional[str]
         print(f"evaluation: {note}.", flush=True)
     if len(data.images) < count:
         raise ValueError(f"the held-out set needs {count} {dataset} images, the split has {len(data.images)}.")
-    levels = area_downsample(_quantise(data.images), width)
+    levels = area_downsample(quantise(data.images), width)
     levels.flags.writeable = False
     return levels, note
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any, Optional
 
@@ -54,10 +55,14 @@ class RuntimeConfig:
       max_minutes: stop after this much training time (0: no limit).
       num_gpus: GPUs for the two learners: 0 (CPU), a fraction or 1 (shared), 2 (one each).
       seed: seeds parameters, environments and sampling.
+      run_dir: the run's folder ("" for none): an error's traceback goes to <run_dir>/error.log.
       logdir: TensorBoard event files ("" for none).
       checkpoint_dir: checkpoints ("" for none); resume continues from the latest one there.
       checkpoint_every_minutes: checkpoint period (and always at the end).
-      resume: continue from the latest checkpoint in checkpoint_dir.
+      resume: continue from the latest intact checkpoint in checkpoint_dir (an error if there is
+        none).
+      auto_resume: continue from the latest intact checkpoint in checkpoint_dir if there is one,
+        else start afresh (a job that may be preempted and rerun with the same command).
       log_every_seconds: progress line period.
       image_every_updates: sample canvases to TensorBoard every this many policy updates.
     """
@@ -77,10 +82,12 @@ class RuntimeConfig:
     max_minutes: float = 0.0
     num_gpus: float = 0.0
     seed: int = 0
+    run_dir: str = ""
     logdir: str = ""
     checkpoint_dir: str = ""
     checkpoint_every_minutes: float = 10.0
     resume: bool = False
+    auto_resume: bool = False
     log_every_seconds: float = 5.0
     image_every_updates: int = 100
 
@@ -113,8 +120,12 @@ class RuntimeConfig:
             raise ValueError("Set --max_updates or --max_minutes (or both): a run needs a budget.")
         if self.num_gpus < 0 or (self.num_gpus > 1 and self.num_gpus != 2):
             raise ValueError(f"--num_gpus must be 0, a fraction in (0, 1], or 2, got {self.num_gpus}.")
-        if self.resume and not self.checkpoint_dir:
-            raise ValueError("--resume needs --checkpoint_dir (where to find the checkpoint).")
+        if (self.resume or self.auto_resume) and not self.checkpoint_dir:
+            raise ValueError("--resume and --auto_resume need --checkpoint_dir (where to find the "
+                             "checkpoint).")
+        if self.resume and self.auto_resume:
+            raise ValueError("--resume (a checkpoint must exist) and --auto_resume (start afresh "
+                             "when there is none) contradict each other: pass one.")
         if self.checkpoint_every_minutes <= 0 or self.log_every_seconds <= 0:
             raise ValueError("--checkpoint_every_minutes and --log_every_seconds must be > 0.")
         if self.image_every_updates < 1:
@@ -171,6 +182,9 @@ class ExperimentConfig:
     runtime: RuntimeConfig = RuntimeConfig(max_updates=1)
 
     def __post_init__(self):
+        for path, value in non_finite_numbers(self):
+            raise ValueError(f"{path} must be a finite number, got {value}: NaN and infinity pass "
+                             f"no comparison, so they would slip through every other check.")
         if self.dataset not in DATASETS:
             raise ValueError(f"--dataset must be one of {DATASETS}, got {self.dataset!r}.")
         if self.reward not in REWARDS:
@@ -228,6 +242,25 @@ class ExperimentConfig:
     @classmethod
     def from_json(cls, text: str) -> "ExperimentConfig":
         return cls.from_dict(json.loads(text))
+
+
+def non_finite_numbers(config, prefix: str = "") -> list[tuple[str, float]]:
+    """[(field path, value)] of every float in a (nested) config dataclass that is NaN or
+    infinite, tuples included (e.g. ``policy.entropy_weights``)."""
+    found = []
+
+    def visit(path: str, value):
+        if dataclasses.is_dataclass(value):
+            found.extend(non_finite_numbers(value, path + "."))
+        elif isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                visit(f"{path}[{i}]", item)
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append((path, value))
+
+    for field in dataclasses.fields(config):
+        visit(prefix + field.name, getattr(config, field.name))
+    return found
 
 
 def _from_dict(cls, data: dict) -> Any:

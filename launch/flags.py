@@ -8,7 +8,11 @@ with its dataset's preset (the defaults ``--help`` shows), then ``config_from_fl
 from __future__ import annotations
 
 import datetime
+import math
 import os
+import signal
+import sys
+import traceback
 from typing import Any
 
 from absl import flags
@@ -180,7 +184,9 @@ def _define(p: dict, fv: flags.FlagValues) -> None:
         flag_values=fv)
     flags.DEFINE_float("checkpoint_every_minutes", 10.0, "Checkpoint period (and always at the end).",
         flag_values=fv)
-    flags.DEFINE_boolean("resume", False, "Continue from the latest checkpoint in --checkpoint_dir / --run_dir.",
+    flags.DEFINE_boolean("auto_resume", False, "Continue from the latest checkpoint if there is one, else start afresh (a rerun of a preempted job).",
+        flag_values=fv)
+    flags.DEFINE_boolean("resume", False, "Continue from the latest intact checkpoint in --checkpoint_dir / --run_dir (an error if none).",
         flag_values=fv)
     flags.DEFINE_float("log_every_seconds", 5.0, "Progress line period.", flag_values=fv)
     flags.DEFINE_integer("image_every_updates", 100, "Sample canvases to TensorBoard every N updates.",
@@ -190,8 +196,9 @@ def _define(p: dict, fv: flags.FlagValues) -> None:
 def _run_dir(values: dict[str, Any]) -> str:
     if values["run_dir"]:
         return values["run_dir"]
-    if values["resume"] and not values["checkpoint_dir"]:
-        raise ValueError("--resume needs --run_dir (or --checkpoint_dir) of the run to continue.")
+    if (values["resume"] or values.get("auto_resume")) and not values["checkpoint_dir"]:
+        raise ValueError("--resume and --auto_resume need --run_dir (or --checkpoint_dir) of the "
+                         "run to continue.")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{values['dataset']}-{stamp}")
 
@@ -213,6 +220,9 @@ def parse_entropy_weights(items) -> tuple[tuple[str, float], ...]:
 
 def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
     """Build and check the config from flag values (a dict: testable without absl)."""
+    for name, value in sorted(values.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name} must be a finite number, got {value}.")
     if values["complement_discriminator"] and not values["conditional"]:
         raise ValueError("--complement_discriminator needs --conditional (it masks halves of the target).")
     try:
@@ -256,6 +266,7 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
         logdir=values["logdir"] or os.path.join(run_dir, "tb"),
         checkpoint_dir=values["checkpoint_dir"] or os.path.join(run_dir, "checkpoints"),
         checkpoint_every_minutes=values["checkpoint_every_minutes"], resume=values["resume"],
+        auto_resume=values["auto_resume"], run_dir=run_dir,
         log_every_seconds=values["log_every_seconds"],
         image_every_updates=values["image_every_updates"])
     return ExperimentConfig(dataset=values["dataset"], data_dir=values["data_dir"],
@@ -291,12 +302,12 @@ def describe(config: ExperimentConfig) -> str:
 
 
 def main_for(preset: str):
-    """The ``main`` of a training script: flags -> config -> train."""
+    """The ``main`` of a training script: flags -> config -> ``train_and_report``."""
     def main(argv):
         if len(argv) > 1:
-            raise ValueError(f"Unexpected arguments {argv[1:]}: every option is a --flag (see --help).")
+            raise SystemExit(f"error: unexpected arguments {argv[1:]}: every option is a --flag "
+                             f"(see --help).")
         from absl import logging  # pylint: disable=import-outside-toplevel
-        from spiral.actors import driver  # pylint: disable=import-outside-toplevel
         if not FLAGS["verbosity"].present:  # orbax logs every checkpoint file at INFO
             logging.set_verbosity(logging.WARNING)
         try:
@@ -304,10 +315,59 @@ def main_for(preset: str):
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
         print(describe(config), flush=True)
-        result = driver.train(config)
-        counters = result["counters"]
-        print(f"done: {counters['updates']} policy updates, {counters['disc_updates']} discriminator "
-              f"updates, {counters['agent_steps']:,} agent steps; checkpoint {result['checkpoint']}",
-              flush=True)
+        raise SystemExit(train_and_report(config))
     return main
 
+
+def train_and_report(config: ExperimentConfig) -> int:
+    """Train with the evaluation at every checkpoint; returns the exit status.
+
+    Whatever stops the run is said in one line: "done: ..." (0); a stop signal's line from the
+    run loop (128 + the signal's number, after its checkpoint); "error: <cause>" (1) with the
+    traceback, when there is more to say than the cause, in ``<run_dir>/error.log``.
+    """
+    from spiral.actors import run_loop  # pylint: disable=import-outside-toplevel
+    from spiral.evaluation import log_checkpoint_metrics  # pylint: disable=import-outside-toplevel
+    try:
+        result = run_loop.train(config, on_checkpoint=log_checkpoint_metrics)
+    except KeyboardInterrupt:
+        print("interrupted again: stopped at once, without a checkpoint.", file=sys.stderr, flush=True)
+        return 130
+    except run_loop.RunError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as e:  # pylint: disable=broad-except
+        log = _write_traceback(config.runtime.run_dir, e)
+        print(f"error: {_cause(e)} (traceback in {log})", file=sys.stderr, flush=True)
+        return 1
+    if result["interrupted"]:
+        return 128 + int(getattr(signal.Signals, result["interrupted"]))
+    counters = result["counters"]
+    print(f"done: {counters['updates']} policy updates, {counters['disc_updates']} discriminator "
+          f"updates, {counters['agent_steps']:,} agent steps; checkpoint {result['checkpoint']}",
+          flush=True)
+    return 0
+
+
+def _cause(error: BaseException) -> str:
+    """One line naming what went wrong: a Ray task's original exception, not Ray's wrapper."""
+    while getattr(error, "cause", None) is not None and error.cause is not error:
+        error = error.cause
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+
+
+def _write_traceback(run_dir: str, error: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    for folder in (run_dir, os.path.join(os.path.expanduser("~"), ".cache", "spiral")):
+        if not folder:
+            continue
+        try:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.abspath(os.path.join(folder, "error.log"))
+            with open(path, "a") as f:
+                f.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')}\n{text}")
+            return path
+        except OSError:
+            continue
+    return "(nowhere writable)"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, skip_unless
-from spiral.actors import checkpointing, driver
+from spiral.actors import checkpointing, run_loop
 from spiral.envs import Program, observe_canvas, render_program
-from spiral.evaluation import (checkpoint_metrics, heldout_images, l2_distances,
+from spiral.evaluation import (checkpoint_metrics, heldout_images, l2_distances, log_checkpoint_metrics,
                                load_checkpoint, load_policy, read_eval_log)
 from spiral.evaluation.checkpoint import check_params
 from spiral.evaluation.report import evaluate_checkpoint
@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
     skip_unless(bool(data) and os.path.isdir(data), "no dataset folder: set SPIRAL_DATA_DIR")
     run_dir = tmp_path_factory.mktemp("eval_run")
     config = launch_flags.config_from_values(tiny_values(run_dir))
-    result = driver.train(config)
+    result = run_loop.train(config, on_checkpoint=log_checkpoint_metrics)
     return config, result
 
 

@@ -28,11 +28,12 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_DATA, skip_unless
-from spiral.actors import acting, checkpointing, driver, fused, monitoring
+from spiral.actors import acting, checkpointing, fused, monitoring, run_loop
+from spiral.actors.runtime import RunError
 from spiral.discriminator import DiscriminatorLearner, Replay, make_episode_reward_fn
 from spiral.discriminator import learning as disc_learning
 from spiral.envs import PaintEnv, jax_engine
-from spiral.evaluation import read_eval_log
+from spiral.evaluation import log_checkpoint_metrics, read_eval_log
 from spiral.launch import flags as launch_flags
 from spiral.learner import FIRST, LAST, MID, PolicyLearner, batch_to_time_major, check_trajectory
 from test_runtime_e2e import tiny_values
@@ -297,7 +298,7 @@ def test_fused_run_checkpoints_and_resumes_across_runtimes(two_steps, tmp_path):
     with the policy and discriminator states carried over exactly."""
     run_dir = tmp_path / "run"
     ckpt_dir = run_dir / "checkpoints"
-    result = fused.train(fused_config(tmp_path, max_updates=3))
+    result = run_loop.train(fused_config(tmp_path, max_updates=3), on_checkpoint=log_checkpoint_metrics)
     last_line = monitoring.progress_line(result["progress"], 0.0)   # the last line it printed
     assert " | upd 3 | D upd 3 | act " in last_line and " | return " in last_line, last_line
     assert "D(real)" in last_line and "pg loss" in last_line, last_line
@@ -321,18 +322,18 @@ def test_fused_run_checkpoints_and_resumes_across_runtimes(two_steps, tmp_path):
 
     # The local runtime restores it (nothing left to do at 3 updates) and saves it unchanged ...
     local_config = fused_config(tmp_path, runtime="local", max_updates=3, resume=True)
-    assert driver.train(local_config)["counters"]["updates"] == 3
+    assert run_loop.train(local_config)["counters"]["updates"] == 3
     _assert_same_trees(_trees(ckpt_dir / "ckpt_00000003"), fused_trees)
     # ... and trains on from it.
-    local = driver.train(fused_config(tmp_path, runtime="local", max_updates=4, resume=True))
+    local = run_loop.train(fused_config(tmp_path, runtime="local", max_updates=4, resume=True))
     assert local["counters"]["updates"] == 4 and local["counters"]["episodes"] == 4 * BATCH
     local_trees = _trees(local["checkpoint"])
     assert int(local_trees[0]["step"]) == 4 and int(local_trees[2]["added"]) >= 4 * BATCH
 
     # The fused runtime restores the local checkpoint exactly, and trains on from it.
-    assert fused.train(fused_config(tmp_path, max_updates=4, resume=True))["counters"]["updates"] == 4
+    assert run_loop.train(fused_config(tmp_path, max_updates=4, resume=True))["counters"]["updates"] == 4
     _assert_same_trees(_trees(ckpt_dir / "ckpt_00000004"), local_trees)
-    resumed = fused.train(fused_config(tmp_path, max_updates=5, resume=True))
+    resumed = run_loop.train(fused_config(tmp_path, max_updates=5, resume=True))
     assert resumed["counters"]["updates"] == 5 and resumed["counters"]["episodes"] == 5 * BATCH
     final_trees = _trees(resumed["checkpoint"])
     assert int(final_trees[0]["step"]) == 5 and int(final_trees[1]["step"]) == int(local_trees[1]["step"]) + 1
@@ -340,9 +341,9 @@ def test_fused_run_checkpoints_and_resumes_across_runtimes(two_steps, tmp_path):
 
 
 def test_fused_resume_refuses_a_different_network(two_steps, tmp_path):
-    fused.train(fused_config(tmp_path, max_updates=1))
-    with pytest.raises(ValueError, match="agent"):
-        fused.train(fused_config(tmp_path, max_updates=2, resume=True, network="small"))
+    run_loop.train(fused_config(tmp_path, max_updates=1))
+    with pytest.raises(RunError, match="agent"):
+        run_loop.train(fused_config(tmp_path, max_updates=2, resume=True, network="small"))
 
 
 def test_bad_device_count_is_refused(two_steps, tmp_path):

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from spiral.actors import driver
+from spiral.actors import run_loop
+from spiral.actors.runtime import RunError
 from spiral.launch import flags as launch_flags
 from spiral.launch.config import ExperimentConfig
 
@@ -67,27 +68,27 @@ def test_a_missing_dataset_is_reported_before_any_actor_starts(tmp_path, monkeyp
     monkeypatch.setenv("SPIRAL_MNIST_URL", "http://127.0.0.1:9/")  # nothing listens: fail fast
     c = config(tmp_path, data_dir=str(tmp_path / "empty"))
     with pytest.raises(Exception, match="train-images-idx3-ubyte.gz"):
-        driver.train(c)
+        run_loop.train(c)
     c = config(tmp_path, dataset="celeba", use_color=True, data_dir=str(tmp_path / "empty"))
     with pytest.raises(Exception, match="(?i)celeba"):
-        driver.train(c)
+        run_loop.train(c)
 
 
 def test_a_gpu_asked_for_and_absent_is_an_error(tmp_path):
     import jax
     if jax.default_backend() != "cpu":
         pytest.skip("this machine has a GPU")
-    with pytest.raises(ValueError, match="JAX sees no GPU"):
-        driver.train(config(tmp_path, num_gpus=1))
+    with pytest.raises(RunError, match="JAX sees no GPU"):
+        run_loop.train(config(tmp_path, num_gpus=1))
 
 
 def test_more_actors_than_the_ray_cluster_has_cpus_is_an_error(tmp_path):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        with pytest.raises(ValueError, match="need 6 CPUs but the Ray cluster has 2"):
-            driver.train(config(tmp_path, runtime="ray", num_actors=5))
-        with pytest.raises(ValueError, match="GPU"):
-            driver.train(config(tmp_path, runtime="ray", num_gpus=1))
+        with pytest.raises(RunError, match="need 6 CPUs but the Ray cluster has 2"):
+            run_loop.train(config(tmp_path, runtime="ray", num_actors=5))
+        with pytest.raises(RunError, match="GPU"):
+            run_loop.train(config(tmp_path, runtime="ray", num_gpus=1))
     finally:
         ray.shutdown()

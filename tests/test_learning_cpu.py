@@ -14,8 +14,8 @@ import jax
 import pytest
 
 from conftest import skip_unless
-from spiral.actors import driver
-from spiral.evaluation import checkpoint_metrics, read_eval_log
+from spiral.actors import run_loop
+from spiral.evaluation import checkpoint_metrics, log_checkpoint_metrics, read_eval_log
 from spiral.launch import flags as launch_flags
 from spiral.learner import Agent
 
@@ -36,7 +36,7 @@ def test_l2_reward_lowers_the_heldout_l2_below_the_random_policy(tmp_path):
     data = os.environ.get("SPIRAL_DATA_DIR")
     skip_unless(bool(data) and os.path.isdir(data), "no dataset folder: set SPIRAL_DATA_DIR")
     config = reduced_config(tmp_path)
-    result = driver.train(config)
+    result = run_loop.train(config, on_checkpoint=log_checkpoint_metrics)
     assert result["counters"]["updates"] == UPDATES
     (record,) = read_eval_log(config.runtime.checkpoint_dir)   # the final checkpoint's evaluation
     trained = record["metrics"]

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from spiral.actors import checkpointing, driver
+from spiral.actors import checkpointing, run_loop
+from spiral.actors.runtime import RunError
 from spiral.actors.acting import EpisodeRunner
 from spiral.discriminator import DiscriminatorLearner, canvas_scores
 from spiral.launch import flags as launch_flags
@@ -82,8 +83,8 @@ def test_rewards_on_the_learner_equal_rewards_on_the_actors(data_dir, tmp_path):
 
 
 def test_local_runtime_is_deterministic_and_resumes(data_dir, tmp_path):
-    first = driver.train(tiny_config(tmp_path / "a"))
-    second = driver.train(tiny_config(tmp_path / "b"))
+    first = run_loop.train(tiny_config(tmp_path / "a"))
+    second = run_loop.train(tiny_config(tmp_path / "b"))
     assert first["counters"]["updates"] == 6 and first["counters"]["disc_updates"] > 0
     for key in ("total_loss", "entropy", "grad_norm"):
         assert np.isfinite(first["policy_metrics"][key])
@@ -91,7 +92,7 @@ def test_local_runtime_is_deterministic_and_resumes(data_dir, tmp_path):
     assert first["disc_metrics"]["loss"] == second["disc_metrics"]["loss"]
 
     # Resume the first run to 9 updates: the counters continue from the checkpoint.
-    resumed = driver.train(tiny_config(tmp_path / "a", max_updates=9, resume=True))
+    resumed = run_loop.train(tiny_config(tmp_path / "a", max_updates=9, resume=True))
     assert resumed["counters"]["updates"] == 9
     assert resumed["counters"]["episodes"] == 9 * 8
     paths = checkpointing.list_checkpoints(str(tmp_path / "a" / "run" / "checkpoints"))
@@ -106,9 +107,9 @@ def test_local_runtime_is_deterministic_and_resumes(data_dir, tmp_path):
 
 
 def test_resume_refuses_a_different_network(data_dir, tmp_path):
-    driver.train(tiny_config(tmp_path, max_updates=2))
-    with pytest.raises(ValueError, match="agent"):
-        driver.train(tiny_config(tmp_path, max_updates=3, resume=True, network="small"))
+    run_loop.train(tiny_config(tmp_path, max_updates=2))
+    with pytest.raises(RunError, match="agent"):
+        run_loop.train(tiny_config(tmp_path, max_updates=3, resume=True, network="small"))
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def ray_2cpu():
 
 
 def test_ray_runtime_trains_checkpoints_and_resumes(data_dir, tmp_path, ray_2cpu):
-    result = driver.train(tiny_config(tmp_path, runtime="ray", max_updates=8, num_actors=1,
+    result = run_loop.train(tiny_config(tmp_path, runtime="ray", max_updates=8, num_actors=1,
                                       ray_num_cpus=2))
     counters = result["counters"]
     assert counters["updates"] == 8 and counters["disc_updates"] >= 1
@@ -137,7 +138,7 @@ def test_ray_runtime_trains_checkpoints_and_resumes(data_dir, tmp_path, ray_2cpu
     for actor, versions in result["policy_versions_by_actor"].items():
         assert versions == sorted(versions) and versions[-1] > 0, (actor, versions)
     assert result["checkpoint"].endswith("ckpt_00000008")
-    resumed = driver.train(tiny_config(tmp_path, runtime="ray", max_updates=10, resume=True))
+    resumed = run_loop.train(tiny_config(tmp_path, runtime="ray", max_updates=10, resume=True))
     assert resumed["counters"]["updates"] == 10
     assert resumed["counters"]["agent_steps"] == 10 * 8 * 4
 
@@ -169,7 +170,7 @@ def test_a_killed_actor_is_restarted_and_the_run_finishes(data_dir, tmp_path, ra
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    result = driver.train(tiny_config(tmp_path, runtime="ray", max_updates=40, num_actors=1))
+    result = run_loop.train(tiny_config(tmp_path, runtime="ray", max_updates=40, num_actors=1))
     thread.join(timeout=5)
     assert killed, "the test never found an actor to kill"
     assert result["counters"]["updates"] == 40
