@@ -16,8 +16,10 @@ Arrays out: ``BatchedTimeStep(step_type uint8 [K], reward float64 [K] | None, di
 float32 [K] | None, observation)``; reward and discount are None at FIRST, as dm_env's
 ``restart``. The observation holds ``canvas`` uint8 levels [K, ow, ow, C] (k means k/255: the
 agent and the trajectory records read levels; ``spiral.envs.targets.levels_to_float`` gives
-``PaintEnv``'s float32 canvas), ``action_mask`` float32 [K, num_keys] and, in conditional mode,
-``target`` uint8 levels [K, ow, ow, C]. Each step returns new arrays (safe to keep).
+``PaintEnv``'s float32 canvas), ``action_mask`` float32 [K, num_keys], ``episode_step`` and
+``episode_length`` int32 [K] (``PaintEnv``'s, DeepMind's counters) and, in conditional mode,
+``target`` uint8 levels [K, ow, ow, C]. Each step returns new arrays (safe to keep). Both
+``jump_start`` modes of ``PaintConfig`` are supported ("released": DeepMind's environment).
 
 Episodes run in lockstep (every episode has ``episode_length`` steps): ``reset()`` starts the
 next episode of every environment; a ``step`` after LAST (or before any reset) does the same and
@@ -37,7 +39,7 @@ from spiral.envs import specs
 from spiral.envs import stroke as spec
 from spiral.envs import targets as target_data
 from spiral.envs.config import PaintConfig
-from spiral.envs.numba_engine import _mix32, observe, render_stroke
+from spiral.envs.numba_engine import _mix32, observe, render_stroke, render_stroke_released
 from spiral.envs.program import Jump, Program, Stroke
 
 F32 = np.float32
@@ -98,10 +100,16 @@ def _first_bad_action(actions, present, sizes):
 
 
 @njit(cache=True, error_model="numpy")
-def _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, colors, ink,
-              seeds, episode, t, canvas, transmittance, carry, brush, painting, pressure,
-              weights, record, levels, scratch, masks, paint_mask, jump_mask):
-    """Environment k: one action (PaintEnv.step's paint or jump), then its observation."""
+def _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes,
+              colors, ink, seeds, episode, t, released, canvas, transmittance, carry, speed, pen,
+              lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
+              paint_mask, jump_mask):
+    """Environment k: one action (PaintEnv.step's paint or jump), then its observation.
+
+    ``released``: DeepMind's released mode (``PaintConfig.jump_start``): after a jump to (y, x)
+    the brush is at (y, y) and the pen at (y, x); a stroke from a lifted pen first moves it
+    (the ``lead``), and the brush follows libmypaint 1.3.0 (``render_stroke_released``).
+    """
     end = actions[1, k]
     ey = cell_y[end]
     ex = cell_x[end]
@@ -120,10 +128,25 @@ def _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, co
             color[1] = colors[actions[6, k]]
             color[2] = colors[actions[7, k]]
         key = _stroke_key(seeds[k], episode, t)
-        new_carry, _ = render_stroke(
-            canvas[k], transmittance[k], F32(brush[k, 0]), F32(brush[k, 1]), F32(cy), F32(cx),
-            F32(ey), F32(ex), p0, p1, brushes[size, 0], brushes[size, 1], brushes[size, 2],
-            brushes[size, 3], color, key, carry[k], weights)
+        sy, sx = F32(brush[k, 0]), F32(brush[k, 1])
+        if released:
+            lead = F32(0.0)
+            if lifted[k]:
+                dy, dx = sy - pen[k, 0], sx - pen[k, 1]
+                lead = np.sqrt(dy * dy + dx * dx)
+            b = released_brushes[size]
+            new_carry, new_speed, _ = render_stroke_released(
+                canvas[k], transmittance[k], sy, sx, F32(cy), F32(cx), F32(ey), F32(ex), p0, p1,
+                b[0], b[1], b[2], b[3], b[4], color, key, carry[k], speed[k], lead, weights)
+            speed[k] = new_speed
+            pen[k, 0] = F32(ey)
+            pen[k, 1] = F32(ex)
+            lifted[k] = False
+        else:
+            new_carry, _ = render_stroke(
+                canvas[k], transmittance[k], sy, sx, F32(cy), F32(cx), F32(ey), F32(ex), p0, p1,
+                brushes[size, 0], brushes[size, 1], brushes[size, 2], brushes[size, 3], color,
+                key, carry[k], weights)
         carry[k] = new_carry
         rec[_FLAG] = 1.0
         rec[_SY] = brush[k, 0]
@@ -138,36 +161,45 @@ def _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, co
         painting[k] = True
         pressure[k] = p1
         masks[k] = paint_mask
+        brush[k, 1] = ex
     else:
         carry[k] = F32(0.0)   # a jump ends a connected run of strokes
+        speed[k] = F32(0.0)
+        pen[k, 0] = F32(ey)
+        pen[k, 1] = F32(ex)
+        lifted[k] = True
         rec[_FLAG] = 0.0
         painting[k] = False
         masks[k] = jump_mask
+        brush[k, 1] = ey if released else ex   # DeepMind's _update_brush_params(y=y, x=y)
     rec[_EY] = ey
     rec[_EX] = ex
     brush[k, 0] = ey
-    brush[k, 1] = ex
     observe(canvas[k], levels[k], scratch[k])
 
 
 @njit(cache=True, error_model="numpy")
-def _step_serial(actions, present, cell_y, cell_x, pressures, radii, brushes, colors, ink,
-                 seeds, episode, t, canvas, transmittance, carry, brush, painting, pressure,
-                 weights, record, levels, scratch, masks, paint_mask, jump_mask):
+def _step_serial(actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes, colors,
+                 ink, seeds, episode, t, released, canvas, transmittance, carry, speed, pen,
+                 lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
+                 paint_mask, jump_mask):
     for k in range(canvas.shape[0]):
-        _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, colors, ink,
-                  seeds, episode, t, canvas, transmittance, carry, brush, painting, pressure,
-                  weights, record, levels, scratch, masks, paint_mask, jump_mask)
+        _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes,
+                  colors, ink, seeds, episode, t, released, canvas, transmittance, carry, speed,
+                  pen, lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
+                  paint_mask, jump_mask)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _step_parallel(actions, present, cell_y, cell_x, pressures, radii, brushes, colors, ink,
-                   seeds, episode, t, canvas, transmittance, carry, brush, painting, pressure,
-                   weights, record, levels, scratch, masks, paint_mask, jump_mask):
+def _step_parallel(actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes, colors,
+                   ink, seeds, episode, t, released, canvas, transmittance, carry, speed, pen,
+                   lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
+                   paint_mask, jump_mask):
     for k in prange(canvas.shape[0]):
-        _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, colors, ink,
-                  seeds, episode, t, canvas, transmittance, carry, brush, painting, pressure,
-                  weights, record, levels, scratch, masks, paint_mask, jump_mask)
+        _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes,
+                  colors, ink, seeds, episode, t, released, canvas, transmittance, carry, speed,
+                  pen, lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
+                  paint_mask, jump_mask)
 
 
 @njit(cache=True, error_model="numpy")
@@ -243,6 +275,8 @@ class BatchedPaintEnv:
         self._brushes = np.array([(b.actual_radius, b.spacing, F32(1.0 / float(b.spacing)),
                                    b.offset_scale)
                                   for b in map(spec.brush_constants, config.pixel_radii)], F32)
+        self._released_brushes = np.array([tuple(spec.released_brush_constants(r))
+                                           for r in config.pixel_radii], F32)
         self._colors = specs.COLOR_VALUES.astype(F32)
         self._ink = np.full(c, config.ink_value, F32)
         self._weights = spec.bezier_weights()
@@ -252,6 +286,9 @@ class BatchedPaintEnv:
         self._canvas = np.full((k, c, w, w), config.background_value, F32)
         self._transmittance = np.ones((k, w, w), F32)
         self._carry = np.zeros(k, F32)
+        self._speed = np.zeros(k, F32)            # released mode: libmypaint's filtered speed
+        self._pen = np.zeros((k, 2), F32)         # released mode: where the pen really is
+        self._lifted = np.ones(k, np.bool_)       # released mode: no stroke since a jump/reset
         self._brush = np.zeros((k, 2), np.float64)
         self._painting = np.zeros(k, np.bool_)
         self._pressure = np.zeros(k, F32)
@@ -286,6 +323,9 @@ class BatchedPaintEnv:
         self._t = 0
         self._canvas.fill(self.config.background_value)
         self._carry.fill(0.0)
+        self._speed.fill(0.0)
+        self._pen.fill(0.0)
+        self._lifted.fill(True)
         self._brush.fill(0.0)
         self._painting.fill(False)
         if self._targets is not None:
@@ -314,8 +354,9 @@ class BatchedPaintEnv:
         levels = np.empty((k,) + cfg.observation_shape, np.uint8)
         masks = np.empty((k, len(self._keys)), F32)
         self._kernel(table, self._present, self._cell_y, self._cell_x, self._pressures,
-                     self._radii, self._brushes, self._colors, self._ink, self.seeds,
-                     self._episode, self._t, self._canvas, self._transmittance, self._carry,
+                     self._radii, self._brushes, self._released_brushes, self._colors, self._ink,
+                     self.seeds, self._episode, self._t, cfg.released, self._canvas,
+                     self._transmittance, self._carry, self._speed, self._pen, self._lifted,
                      self._brush, self._painting, self._pressure, self._weights, self._record,
                      levels, self._scratch, masks, self._paint_mask, self._jump_mask)
         self._levels = levels
@@ -368,7 +409,8 @@ class BatchedPaintEnv:
             raise ValueError(f"index must be an int in [0, {self.num_envs - 1}], got {index!r}.")
         cfg = self.config
         w = float(cfg.canvas_width)
-        program = Program(int(self.seeds[index]), self._episode, cfg.background, cfg.channels)
+        program = Program(int(self.seeds[index]), self._episode, cfg.background, cfg.channels,
+                          jump_start=cfg.jump_start)
         for rec in self._record[index, :self._t].tolist():
             end = (rec[_EY] / w, rec[_EX] / w)
             if rec[_FLAG] == 0.0:
@@ -382,7 +424,15 @@ class BatchedPaintEnv:
 
     # ---- internals ---------------------------------------------------------------------------------
     def _observation(self, levels, masks) -> dict:
-        observation = {"canvas": levels, "action_mask": masks}
+        k, cfg = self.num_envs, self.config
+        if self._t == 0:
+            # DeepMind's reset reports its counter before resetting it (released mode).
+            step = cfg.episode_length if cfg.released and self._episode > 0 else 0
+        else:
+            step = self._t + 1
+        observation = {"canvas": levels, "action_mask": masks,
+                       "episode_step": np.full(k, step, np.int32),
+                       "episode_length": np.full(k, cfg.episode_length, np.int32)}
         if self._target is not None:
             observation["target"] = self._target
         return observation

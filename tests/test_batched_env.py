@@ -21,6 +21,10 @@ CONFIGS = {
     "conditional_l2_obs16": PaintConfig(episode_length=6, observation_width=16, conditional=True,
                                         l2_reward=True, brush_sizes=(2.0, 24.0)),
     "two_steps": PaintConfig(episode_length=2, grid_width=5),
+    "released": PaintConfig(episode_length=8, jump_start="released"),
+    "released_colour_conditional_l2": PaintConfig(episode_length=6, jump_start="released",
+                                                  use_color=True, conditional=True, l2_reward=True,
+                                                  observation_width=32, brush_sizes=(1.0, 8.0)),
 }
 
 
@@ -62,10 +66,14 @@ def test_batched_env_equals_paint_envs_with_the_same_seeds(name):
                 assert ts.reward[k] == single.reward, (step, k)
                 assert ts.discount[k] == single.discount, (step, k)
             obs = ts.observation
+            assert set(obs) == set(single.observation)
             np.testing.assert_array_equal(obs["canvas"][k], env.canvas_uint8())
             np.testing.assert_array_equal(levels_to_float(obs["canvas"][k]),
                                           single.observation["canvas"])
             np.testing.assert_array_equal(obs["action_mask"][k], single.observation["action_mask"])
+            for key in ("episode_step", "episode_length"):
+                assert obs[key].dtype == np.int32
+                assert obs[key][k] == single.observation[key], (key, step, k)
             if config.conditional:
                 assert batched.target_indices[k] == env.target_index
                 np.testing.assert_array_equal(levels_to_float(obs["target"][k]),
