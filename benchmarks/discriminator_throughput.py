@@ -15,8 +15,10 @@ Two parts, each printing a markdown table:
    per step), leaving out the policy network; the last two columns add the policy's 2.2 ms per
    step (SPIRAL.md §2's figure, quoted, not measured here).
 
-Usage: ``python benchmarks/discriminator_throughput.py [--quick] [--part update|reward|all]``.
-``--quick`` uses a narrow critic and few repetitions (a smoke run of the script itself).
+Usage: ``python benchmarks/discriminator_throughput.py [--quick] [--part update|reward|all]
+[--critic full|small|tiny] [--profile]``. ``--quick`` uses the tiny critic and few repetitions
+(a smoke run of the script itself); ``--profile`` adds where each update's time goes (forward,
+backward, the gradient penalty's double backward: XLA's per-op times, benchmarks/xla_profile.py).
 """
 
 from __future__ import annotations
@@ -44,20 +46,19 @@ def _median_time(fn, repeats: int) -> float:
     return times[len(times) // 2]
 
 
-def _configs(quick: bool):
+def _configs(quick: bool, critic: str = "full"):
     from spiral.discriminator import DiscriminatorConfig
-    base = DiscriminatorConfig()
-    configs = {
-        "wgan_gp": base,
-        "sngan": DiscriminatorConfig(loss="sngan"),
-        "wgan_gp complement": DiscriminatorConfig(conditional=True, complement=True),
+    from spiral.launch.flags import DISC_SIZES
+    channels = DISC_SIZES["tiny" if quick else critic]
+    return {
+        "wgan_gp": DiscriminatorConfig(channels=channels),
+        "sngan": DiscriminatorConfig(loss="sngan", channels=channels),
+        "wgan_gp complement": DiscriminatorConfig(conditional=True, complement=True,
+                                                  channels=channels),
     }
-    if quick:
-        configs = {name: config.small() for name, config in configs.items()}
-    return configs
 
 
-def update_part(quick: bool) -> None:
+def update_part(quick: bool, profile: bool = False, critic: str = "full") -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -74,9 +75,10 @@ def update_part(quick: bool) -> None:
     print("| device | loss | updates/s | ms/update | forward of 128 images (ms) | update / forward |")
     print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
+    profiles = []
     for device_name, device in devices:
         label = device_name if device_name == "cpu" else f"gpu ({device.device_kind})"
-        for name, config in _configs(quick).items():
+        for name, config in _configs(quick, critic).items():
             with jax.default_device(device):
                 learner = DiscriminatorLearner(config, seed=0)
                 fake = jax.device_put(rng.integers(0, 256, (64, 64, 64, 1), dtype=np.uint8), device)
@@ -89,6 +91,12 @@ def update_part(quick: bool) -> None:
                 one_update()  # compile
                 one_update()
                 update_s = _median_time(one_update, repeats)
+                if profile:   # forward, backward and the penalty's double backward
+                    import xla_profile
+                    compiled = learner._update.lower(learner.state, fake, real, targets).compile()
+                    table = xla_profile.op_table(compiled, one_update, group=lambda op, name: (
+                        xla_profile.direction(name), op))
+                    profiles.append((f"{label} {name}", table))
 
                 forward = jax.jit(networks.critic_forward)
                 _, weights = learner.publish()
@@ -100,6 +108,11 @@ def update_part(quick: bool) -> None:
                   f"| {update_s / forward_s:.1f} |", flush=True)
     if not gpus:
         print("| gpu | all | not measured: no GPU here | | | |")
+    for title, table in profiles:
+        print(f"\nWhere the update's time goes, {title} (XLA per-op times):\n")
+        print("| direction | op | ms/update | share |\n|---|---|---:|---:|")
+        for (direction, op), seconds, share in table[:6]:
+            print(f"| {direction} | {op} | {1e3 * seconds:.1f} | {share:.0%} |")
 
 
 def reward_part(quick: bool) -> None:
@@ -164,6 +177,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="narrow critic, few repetitions")
     parser.add_argument("--part", choices=("update", "reward", "all"), default="all")
+    parser.add_argument("--critic", choices=("full", "small", "tiny"), default="full",
+                        help="critic widths (launch/flags.py DISC_SIZES) of the update rows")
+    parser.add_argument("--profile", action="store_true",
+                        help="where each update's time goes: forward, backward, the gradient "
+                             "penalty's double backward (XLA per-op times)")
     parser.add_argument("--child-core", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_core is not None:
@@ -172,7 +190,7 @@ def main() -> None:
         return
     print(f"discriminator_throughput, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}")
     if args.part in ("update", "all"):
-        update_part(args.quick)
+        update_part(args.quick, args.profile, args.critic)
     if args.part in ("reward", "all"):
         # A fresh process: XLA reads its flags once, at import, and the actor runs on one core.
         env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + SINGLE_CORE_FLAG).strip(),

@@ -11,8 +11,10 @@ One command prints one table (and, with --write-results, puts it in benchmarks/R
   other processes on a shared machine do not count (each engine uses one thread); wall-clock
   rates are printed too.
 * Full ``PaintEnv.step`` steps/s (action validation, program recording, observation), which is
-  what an actor pays; also for the reduced configuration of CPU learning tests (32×32
+  what a user of one environment pays; also for the reduced configuration of CPU learning tests (32×32
   observations, 16×16 grid, conditional with uint8 targets), as a ratio to the default step.
+* ``BatchedPaintEnv`` (what an actor pays): K = 16 and 64 environments per call, against K
+  ``PaintEnv``s stepped one by one, and its ``parallel=True`` kernel on every core (wall clock).
 * The numba observation (area average + quantisation) at several canvas → observation widths,
   as a ratio to a loop-per-output-pixel form of the same arithmetic (the first version; the
   outputs are checked bit-equal before timing).
@@ -36,7 +38,7 @@ import time
 
 import numpy as np
 
-from spiral.envs import PaintConfig, PaintEnv, specs
+from spiral.envs import BatchedPaintEnv, PaintConfig, PaintEnv, specs
 from spiral.envs import libmypaint_engine as le
 from spiral.envs import stroke as spec
 from spiral.envs.engines import make_engine
@@ -103,6 +105,61 @@ def env_steps_per_second(renderer: str, actions, seconds: float, **env_options):
             env.step(a)
         steps += 500
     return steps / (time.process_time() - start_cpu), steps / (time.perf_counter() - start_wall)
+
+
+def batched_rows(config: PaintConfig, actions, seconds: float, batches=(16, 64)):
+    """K environments per call: BatchedPaintEnv (serial: CPU time; parallel: wall clock on all
+    cores) against K PaintEnvs stepped one by one with dict actions (the actors' former loop)."""
+    keys = config.action_keys
+    rows = []
+    for k in batches:
+        steps = [np.array([[actions[(i * k + j) % len(actions)][key] for j in range(k)]
+                           for key in keys], np.int32) for i in range(200)]
+        dicts = [[{key: int(table[r, j]) for r, key in enumerate(keys)} for j in range(k)]
+                 for table in steps]
+        envs = [PaintEnv(seed=j) for j in range(k)]
+        serial = BatchedPaintEnv(config, np.arange(k))
+        parallel = BatchedPaintEnv(config, np.arange(k), parallel=True)
+
+        def per_env():
+            for env in envs:
+                env.reset()
+            for step in dicts:
+                for env, action in zip(envs, step):
+                    env.step(action)
+                    env.canvas_uint8()
+            return len(dicts) * k
+
+        def batched(env):
+            def run():
+                env.reset()
+                for table in steps:
+                    env.step(table)
+                return len(steps) * k
+            return run
+
+        runs = {"per-env": per_env, "serial": batched(serial), "parallel": batched(parallel)}
+        totals = {name: [0, 0.0, 0.0] for name in runs}
+        for run in runs.values():
+            run()   # compile / warm up
+        for _ in range(4):   # interleaved blocks: load from other processes hits all alike
+            for name, run in runs.items():
+                start_cpu, start_wall = time.process_time(), time.perf_counter()
+                while time.process_time() - start_cpu < seconds / 4:
+                    totals[name][0] += run()
+                totals[name][1] += time.process_time() - start_cpu
+                totals[name][2] += time.perf_counter() - start_wall
+        cpu = {name: t[0] / t[1] for name, t in totals.items()}
+        wall = {name: t[0] / t[2] for name, t in totals.items()}
+        rows.append((f"{k} PaintEnvs stepped one by one, 1 core", f"{cpu['per-env']:,.0f} steps/s",
+                     f"wall {wall['per-env']:,.0f}/s", "the actors' former loop (dict actions)"))
+        rows.append((f"BatchedPaintEnv, K={k}, 1 core", f"{cpu['serial']:,.0f} steps/s",
+                     f"wall {wall['serial']:,.0f}/s",
+                     f"{cpu['serial'] / cpu['per-env']:.2f}x one by one (CPU time)"))
+        rows.append((f"BatchedPaintEnv, K={k}, parallel=True, {os.cpu_count()} threads",
+                     f"wall {wall['parallel']:,.0f} steps/s", f"CPU {cpu['parallel']:,.0f}/s",
+                     f"{wall['parallel'] / wall['serial']:.2f}x serial (wall clock)"))
+    return rows
 
 
 def _observe_per_pixel():
@@ -319,6 +376,7 @@ def main(argv=None):
     if le.available():
         lenv_cpu, lenv_wall = env_steps_per_second("libmypaint", actions, args.seconds)
         rows.append(("PaintEnv.step, libmypaint", f"{lenv_cpu:,.0f} steps/s", f"wall {lenv_wall:,.0f}/s", ""))
+    rows.extend(batched_rows(config, actions, args.seconds))
     rows.extend(observe_rows([(64, 64, 1), (64, 32, 1), (128, 64, 1), (128, 32, 3), (256, 8, 1)]))
     rows.extend(jax_rows(config, (256, 4096), args.jax_steps))
     for renderer in ("numba", "libmypaint") if le.available() else ("numba",):

@@ -1,6 +1,9 @@
 """Learner throughput: the V-trace update (agent steps/s, compile time, FLOPs) and sampling on one core.
 
-Full-size SPIRAL agent (SPIRAL.md §2; grayscale 64×64 by default, ``--color`` for colour).
+Full-size SPIRAL agent by default (SPIRAL.md §2; grayscale 64×64, ``--color`` for colour;
+``--network small`` / ``tiny`` for the CPU presets of launch/flags.py). ``--profile`` adds, for
+each update variant, where its time goes: XLA's per-op times by layer and direction (forward,
+backward), from ``benchmarks/xla_profile.py``.
 
 * **Update**: one jitted ``update_step`` on a ``[B, T]`` batch of synthetic records (unroll
   T = 20); agent steps per second = B·T / seconds per update. Rows for float32 and bfloat16 and
@@ -48,6 +51,10 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=0,
                    help="timed updates per row (0: 3 for B<=8, 1 above on CPU; 20 on GPU)")
     p.add_argument("--color", action="store_true", help="colour agent (8 action keys)")
+    p.add_argument("--network", default="full", choices=["full", "small", "tiny"],
+                   help="agent size (launch/flags.py AGENT_SIZES)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, print where each update's time goes (XLA per-op times)")
     p.add_argument("--sampling-batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--sampling-seconds", type=float, default=6.0,
                    help="seconds of sampling per row (in 6 interleaved blocks)")
@@ -62,9 +69,10 @@ def parse_args():
     return args
 
 
-def agent_config(color: bool):
+def agent_config(color: bool, network: str = "full"):
+    from spiral.launch.flags import AGENT_SIZES
     from spiral.learner import AgentConfig
-    return AgentConfig(use_color=color)
+    return AgentConfig(use_color=color, **AGENT_SIZES[network])
 
 
 def synthetic_batch(config, batch_size: int, unroll: int, seed: int = 0):
@@ -106,7 +114,7 @@ def bench_update(args):
     from spiral.learner import PolicyLearnerConfig, count_params
     from spiral.learner.learning import PolicyLearner
 
-    config = agent_config(args.color)
+    config = agent_config(args.color, args.network)
     backend = jax.default_backend()
     on_gpu = backend == "gpu"
     kind = jax.devices()[0].device_kind
@@ -114,7 +122,7 @@ def bench_update(args):
     print(f"\n## Update (B×T{args.unroll}), {machine()}")
     learner = PolicyLearner(config, PolicyLearnerConfig())
     print(f"parameters: {count_params(learner.params):,} "
-          f"({'colour' if args.color else 'grayscale'}, 64×64, grid 32)")
+          f"({args.network} network, {'colour' if args.color else 'grayscale'}, 64×64, grid 32)")
     header = ("| B | dtype | transposed conv | compile s | s/update | agent steps/s | vs f32 direct "
               "| GFLOP/update | achieved TFLOP/s | % of peak |")
     print(header)
@@ -161,6 +169,17 @@ def bench_update(args):
             print(f"| {b} | {v['dtype']} | {v['impl']} | {v['compile_s']:.1f} | {sec:.3f} | "
                   f"{steps:,.0f} | {baseline / sec:.2f}× | {v['flops'] / 1e9:.1f} | "
                   f"{achieved:.3f} | {frac} |", flush=True)
+        if args.profile:   # where each variant's update time goes (XLA's per-op timings)
+            import xla_profile
+            for v in variants:
+                box = {"state": v["state"]}
+
+                def run(v=v, box=box):
+                    box["state"], metrics = v["compiled"](box["state"], batch)
+                    jax.block_until_ready(metrics)
+
+                print(f"\nB{b} {v['dtype']} {v['impl']}: where the update's time goes")
+                print("\n".join(xla_profile.summarise(xla_profile.op_table(v["compiled"], run), 12)))
         del variants
     if not on_gpu:
         print("| GPU rows | not measured: no GPU here | | | | | | | | |")

@@ -1,11 +1,12 @@
-"""System throughput: the Ray runtime's agent steps/s against a bare loop of the same actors' work.
+"""System throughput: whole training runs' agent steps/s against a bare loop of the actors' work.
 
-For each actor count N, one command measures, in order:
+For each runtime (``--runtimes ray,local``) and actor count N, one command measures, in order:
   * bare: one process (single-threaded XLA, as a Ray actor gets) running ``EpisodeRunner.unroll``
     in a loop — environments, batched policy inference and rewards, nothing else — steps/s;
   * system: ``run_loop.train`` on a local Ray with N actors, the policy learner and the
     discriminator learner, for a fixed time; the actors' steps/s over the last 30 s, the learner's,
-    the policy lag, the queue wait fractions and the object store's peak use and spilling.
+    the policy lag, the queue wait fractions and the object store's peak use and spilling. The
+    local runtime (``--runtimes local``) runs the same workers in this one process, in turn.
   * runtime only (``--modes train,drain``): the same Ray run, but the policy learner only receives
     each batch (every trajectory crosses into its process, as for an update) and publishes a new
     parameter version (one ``ray.put`` each, as usual), and the discriminator learner does not
@@ -42,10 +43,12 @@ def _values(args, run_dir: str, runtime: str, actors: int, minutes: float) -> di
     return launch_flags.default_values(
         "mnist", runtime=runtime, num_actors=actors, network=args.network,
         disc_network=args.disc_network, episode_length=args.episode_length,
-        envs_per_actor=args.envs_per_actor, batch_size=args.envs_per_actor * max(1, actors),
+        envs_per_actor=args.envs_per_actor,
+        batch_size=args.batch_size or args.envs_per_actor * max(1, actors),
         disc_batch_size=32, replay_batches=8, dataset_limit=2048, max_updates=0,
         max_minutes=minutes, ray_num_cpus=max(os.cpu_count() or 1, actors + 1),
-        log_every_seconds=10, run_dir=run_dir)
+        actor_narrow_convs=args.actor_narrow_convs,
+        disc_updates_per_policy_update=args.disc_updates, log_every_seconds=10, run_dir=run_dir)
 
 
 def bare_loop(args) -> float:
@@ -105,7 +108,7 @@ def draining_learner_class():
     return DrainingPolicyLearner
 
 
-def system_run(args, actors: int, mode: str) -> dict:
+def system_run(args, runtime: str, actors: int, mode: str) -> dict:
     import functools
     import ray
     from spiral.actors import run_loop
@@ -113,30 +116,34 @@ def system_run(args, actors: int, mode: str) -> dict:
     from spiral.actors.workers import PolicyLearnerWorker
     from spiral.launch import flags as launch_flags
     run_dir = tempfile.mkdtemp(prefix="spiral_system_")
-    values = _values(args, run_dir, "ray", actors, args.seconds / 60)
+    values = _values(args, run_dir, runtime, actors, args.seconds / 60)
     if mode == "drain":
         values["disc_updates_per_policy_update"] = 0.0
     config = launch_flags.config_from_values(values)
     learner_class = draining_learner_class() if mode == "drain" else PolicyLearnerWorker
-    ray.init(num_cpus=config.runtime.ray_num_cpus, include_dashboard=False, log_to_driver=False)
     store, stop = {"peak_mib": 0, "spilled": False}, threading.Event()
-    sampler = threading.Thread(target=_object_store_sampler, args=(stop, store), daemon=True)
-    sampler.start()
+    if runtime == "ray":
+        ray.init(num_cpus=config.runtime.ray_num_cpus, include_dashboard=False, log_to_driver=False)
+        sampler = threading.Thread(target=_object_store_sampler, args=(stop, store), daemon=True)
+        sampler.start()
     try:
         result = run_loop.train(config, make_runtime=functools.partial(
             DistributedRuntime, policy_learner_worker=learner_class))
     finally:
         stop.set()
-        sampler.join()
-        ray.shutdown()
+        if runtime == "ray":
+            sampler.join()
+            ray.shutdown()
     p = result["progress"]
     lags = result["queue"]["lags"]
-    return {"mode": mode, "actors": actors, "actor_steps_per_s": p["actor_steps_per_s"],
+    return {"runtime": runtime, "mode": mode, "actors": actors,
+            "actor_steps_per_s": p["actor_steps_per_s"],
             "learner_steps_per_s": p["learner_steps_per_s"],
             "lag_mean": sum(lags) / max(len(lags), 1), "lag_max": max(lags or [0]),
             "learner_wait": p["consumer_wait_frac"], "actors_wait": p["producer_wait_frac"],
             "updates": result["counters"]["updates"], "store_peak_mib": store["peak_mib"],
-            "spilled": store["spilled"], "dropped": result["counters"]["unrolls_dropped_stale"]}
+            "spilled": store["spilled"], "dropped": result["counters"]["unrolls_dropped_stale"],
+            "store": runtime == "ray"}
 
 
 def main():
@@ -148,6 +155,12 @@ def main():
     parser.add_argument("--disc-network", default="small", choices=["tiny", "small", "full"])
     parser.add_argument("--episode-length", type=int, default=20)
     parser.add_argument("--envs-per-actor", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="episodes per policy update (0: envs per actor × actors)")
+    parser.add_argument("--disc-updates", type=float, default=1.0,
+                        help="discriminator updates per policy update")
+    parser.add_argument("--actor-narrow-convs", default="direct", choices=["direct", "taps"])
+    parser.add_argument("--runtimes", default="ray", help="ray and/or local, comma-separated")
     parser.add_argument("--modes", default="train,drain",
                         help="train (the whole system learning) and/or drain (the runtime alone)")
     parser.add_argument("--write-results", action="store_true")
@@ -166,26 +179,33 @@ def main():
     modes = args.modes.split(",")
     if set(modes) - {"train", "drain"}:
         raise SystemExit(f"--modes: {args.modes!r}; give train, drain or train,drain.")
-    rows = [system_run(args, int(n), mode) for mode in modes for n in args.actors.split(",")]
+    rows = [system_run(args, runtime, 1 if runtime == "local" else int(n), mode)
+            for runtime in args.runtimes.split(",") for mode in modes
+            for n in (["1"] if runtime == "local" else args.actors.split(","))]
 
     cpu = results_md.cpu_name()
     lines = [
         f"Machine: {cpu}, {os.cpu_count()} cores; {datetime.date.today()}; network {args.network}, "
         f"discriminator {args.disc_network}, {args.envs_per_actor} envs/actor, episode "
-        f"{args.episode_length}; system runs of {args.seconds:.0f} s (rates over the last 30 s).",
+        f"{args.episode_length}, batch {args.batch_size or 'envs × actors'}, "
+        f"{args.disc_updates:g} D updates per policy update, actors' narrow convs "
+        f"{args.actor_narrow_convs}; system runs of {args.seconds:.0f} s (rates over the last 30 s); "
+        f"load average at the end {os.getloadavg()[0]:.1f}.",
         f"Bare loop (one process, single-threaded XLA): {bare:,.0f} agent steps/s.",
         "",
-        "| learners | actors | system actor steps/s | vs N × bare | learner steps/s | lag mean / max | "
-        "learner waits | actors wait | dropped | object store peak | spilled |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| runtime | learners | actors | system actor steps/s | vs N × bare | learner steps/s | "
+        "lag mean / max | learner waits | actors wait | dropped | object store peak | spilled |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {MODE_LABELS[r['mode']]} | {r['actors']} | {r['actor_steps_per_s']:,.0f} | "
+            f"| {r['runtime']} | {MODE_LABELS[r['mode']]} | {r['actors']} | "
+            f"{r['actor_steps_per_s']:,.0f} | "
             f"{r['actor_steps_per_s'] / (r['actors'] * bare):.0%} | {r['learner_steps_per_s']:,.0f} | "
             f"{r['lag_mean']:.1f} / {r['lag_max']:.0f} | {r['learner_wait']:.0%} | "
-            f"{r['actors_wait']:.0%} | {r['dropped']} | {r['store_peak_mib']} MiB | "
-            f"{'yes' if r['spilled'] else 'no'} |")
+            f"{r['actors_wait']:.0%} | {r['dropped']} | "
+            + (f"{r['store_peak_mib']} MiB | {'yes' if r['spilled'] else 'no'} |" if r["store"]
+               else "— | — |"))
     lines.append("")
     lines.append("Command: `python benchmarks/system_throughput.py " + " ".join(sys.argv[1:]) + "`")
     table = "\n".join(lines)
