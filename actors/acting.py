@@ -102,11 +102,10 @@ class EpisodeRunner:
       seed_offset: a different offset gives different streams: a Ray actor restarted after a
         crash (and not restored from a checkpoint) uses a fresh one, so it does not replay the
         episodes it played before.
-      parallel_envs: step the environments on numba's threads (an actor with several cores).
     """
 
     def __init__(self, config, actor_index: int, targets: Optional[np.ndarray] = None,
-                 unroll_index: int = 0, seed_offset: int = 0, parallel_envs: bool = False):
+                 unroll_index: int = 0, seed_offset: int = 0):
         if not isinstance(unroll_index, (int, np.integer)) or unroll_index < 0:
             raise ValueError(f"unroll_index must be an int >= 0, got {unroll_index!r}.")
         self.config = config
@@ -119,8 +118,7 @@ class EpisodeRunner:
         # Independent uint32 seeds for every environment and the sampler: no two actors (or
         # incarnations of one, through seed_offset) paint the same episodes.
         seeds = np.random.SeedSequence([config.runtime.seed, actor_index, seed_offset]).generate_state(k + 1)
-        self.env = BatchedPaintEnv(env, seeds[:k], targets if env.conditional else None,
-                                   parallel=parallel_envs)
+        self.env = BatchedPaintEnv(env, seeds[:k], targets if env.conditional else None)
         self.num_envs = k
         self.num_steps = env.episode_length - 1
         # Sampling uses the direct transposed convolutions whatever the learner uses, and the

@@ -14,7 +14,7 @@ One command prints one table (and, with --write-results, puts it in benchmarks/R
   what a user of one environment pays; also for the reduced configuration of CPU learning tests (32×32
   observations, 16×16 grid, conditional with uint8 targets), as a ratio to the default step.
 * ``BatchedPaintEnv`` (what an actor pays): K = 16 and 64 environments per call, against K
-  ``PaintEnv``s stepped one by one, and its ``parallel=True`` kernel on every core (wall clock).
+  ``PaintEnv``s stepped one by one.
 * The numba observation (area average + quantisation) at several canvas → observation widths,
   as a ratio to a loop-per-output-pixel form of the same arithmetic (the first version; the
   outputs are checked bit-equal before timing).
@@ -108,8 +108,8 @@ def env_steps_per_second(renderer: str, actions, seconds: float, **env_options):
 
 
 def batched_rows(config: PaintConfig, actions, seconds: float, batches=(16, 64)):
-    """K environments per call: BatchedPaintEnv (serial: CPU time; parallel: wall clock on all
-    cores) against K PaintEnvs stepped one by one with dict actions (the actors' former loop)."""
+    """K environments per call: BatchedPaintEnv against K PaintEnvs stepped one by one with dict
+    actions (the actors' former loop), on one core (CPU time)."""
     keys = config.action_keys
     rows = []
     for k in batches:
@@ -119,7 +119,6 @@ def batched_rows(config: PaintConfig, actions, seconds: float, batches=(16, 64))
                  for table in steps]
         envs = [PaintEnv(seed=j) for j in range(k)]
         serial = BatchedPaintEnv(config, np.arange(k))
-        parallel = BatchedPaintEnv(config, np.arange(k), parallel=True)
 
         def per_env():
             for env in envs:
@@ -138,7 +137,7 @@ def batched_rows(config: PaintConfig, actions, seconds: float, batches=(16, 64))
                 return len(steps) * k
             return run
 
-        runs = {"per-env": per_env, "serial": batched(serial), "parallel": batched(parallel)}
+        runs = {"per-env": per_env, "serial": batched(serial)}
         totals = {name: [0, 0.0, 0.0] for name in runs}
         for run in runs.values():
             run()   # compile / warm up
@@ -156,9 +155,6 @@ def batched_rows(config: PaintConfig, actions, seconds: float, batches=(16, 64))
         rows.append((f"BatchedPaintEnv, K={k}, 1 core", f"{cpu['serial']:,.0f} steps/s",
                      f"wall {wall['serial']:,.0f}/s",
                      f"{cpu['serial'] / cpu['per-env']:.2f}x one by one (CPU time)"))
-        rows.append((f"BatchedPaintEnv, K={k}, parallel=True, {os.cpu_count()} threads",
-                     f"wall {wall['parallel']:,.0f} steps/s", f"CPU {cpu['parallel']:,.0f}/s",
-                     f"{wall['parallel'] / wall['serial']:.2f}x serial (wall clock)"))
     return rows
 
 

@@ -23,8 +23,9 @@ agent and the trajectory records read levels; ``spiral.envs.targets.levels_to_fl
 
 Episodes run in lockstep (every episode has ``episode_length`` steps): ``reset()`` starts the
 next episode of every environment; a ``step`` after LAST (or before any reset) does the same and
-ignores its actions, as ``PaintEnv`` does. ``parallel=True`` spreads the environments over
-numba's threads (``NUMBA_NUM_THREADS``); actors with one core keep the serial kernel.
+ignores its actions, as ``PaintEnv`` does. The kernel is serial: an actor has one core, and a
+``prange`` over the environments measured 4-16x slower than serial on a shared 2-core machine
+(numba's threads compete with the other processes; benchmarks/env_throughput.py, git history).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import dm_env
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from spiral.envs import specs
 from spiral.envs import stroke as spec
@@ -179,23 +180,12 @@ def _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, re
 
 
 @njit(cache=True, error_model="numpy")
-def _step_serial(actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes, colors,
-                 ink, seeds, episode, t, released, canvas, transmittance, carry, speed, pen,
-                 lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
-                 paint_mask, jump_mask):
+def _step_all(actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes,
+              colors, ink, seeds, episode, t, released, canvas, transmittance, carry, speed, pen,
+              lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
+              paint_mask, jump_mask):
+    """Every environment's step (``_step_one``), in one compiled call."""
     for k in range(canvas.shape[0]):
-        _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes,
-                  colors, ink, seeds, episode, t, released, canvas, transmittance, carry, speed,
-                  pen, lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
-                  paint_mask, jump_mask)
-
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _step_parallel(actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes, colors,
-                   ink, seeds, episode, t, released, canvas, transmittance, carry, speed, pen,
-                   lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
-                   paint_mask, jump_mask):
-    for k in prange(canvas.shape[0]):
         _step_one(k, actions, present, cell_y, cell_x, pressures, radii, brushes, released_brushes,
                   colors, ink, seeds, episode, t, released, canvas, transmittance, carry, speed,
                   pen, lifted, brush, painting, pressure, weights, record, levels, scratch, masks,
@@ -241,11 +231,10 @@ class BatchedPaintEnv:
       seeds: one uint32 seed per environment: environment k paints as ``PaintEnv(seed=seeds[k])``.
       targets: conditional mode: uint8 levels [N, ow, ow, C] (used without copying) or float32
         in [0, 1] (quantised once), shared by every environment.
-      parallel: step the environments on numba's threads (for an actor with several cores).
     """
 
     def __init__(self, config: PaintConfig, seeds: Sequence[int],
-                 targets: Optional[np.ndarray] = None, parallel: bool = False):
+                 targets: Optional[np.ndarray] = None):
         if not isinstance(config, PaintConfig):
             raise ValueError(f"config must be a PaintConfig, got {type(config).__name__}.")
         if config.conditional != (targets is not None):
@@ -257,8 +246,6 @@ class BatchedPaintEnv:
         k = self.num_envs = len(self.seeds)
         self._targets = (None if targets is None
                          else target_data.target_levels(targets, config.observation_shape))
-        self._kernel = _step_parallel if parallel else _step_serial
-        self.parallel = bool(parallel)
         w, c, g = config.canvas_width, config.channels, config.grid_width
         self._keys = config.action_keys
         self._action_spec = config.action_spec()
@@ -353,7 +340,7 @@ class BatchedPaintEnv:
         k, cfg = self.num_envs, self.config
         levels = np.empty((k,) + cfg.observation_shape, np.uint8)
         masks = np.empty((k, len(self._keys)), F32)
-        self._kernel(table, self._present, self._cell_y, self._cell_x, self._pressures,
+        _step_all(table, self._present, self._cell_y, self._cell_x, self._pressures,
                      self._radii, self._brushes, self._released_brushes, self._colors, self._ink,
                      self.seeds, self._episode, self._t, cfg.released, self._canvas,
                      self._transmittance, self._carry, self._speed, self._pen, self._lifted,

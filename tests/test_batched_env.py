@@ -151,20 +151,6 @@ def test_chosen_target_indices_and_draws_per_episode():
     assert len(drawn) > 1
 
 
-def test_parallel_kernel_gives_the_same_canvases():
-    config = PaintConfig(episode_length=6)
-    seeds = np.arange(6)
-    serial, parallel = BatchedPaintEnv(config, seeds), BatchedPaintEnv(config, seeds, parallel=True)
-    a, b = serial.reset(), parallel.reset()
-    rng = np.random.default_rng(2)
-    while not a.last():
-        actions = random_actions(config, 6, rng)
-        a, b = serial.step(actions), parallel.step(actions)
-        np.testing.assert_array_equal(a.observation["canvas"], b.observation["canvas"])
-        np.testing.assert_array_equal(a.observation["action_mask"], b.observation["action_mask"])
-    assert a.observation["canvas"].min() < 255   # something was painted
-
-
 BAD_ACTIONS = [
     (lambda a: a.pop("size"), "missing \\['size'\\]"),
     (lambda a: a.update(red=np.zeros(2, np.int32)), "unknown \\['red'\\]"),
