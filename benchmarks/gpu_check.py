@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import pathlib
 import statistics
@@ -39,6 +40,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import results_md  # noqa: E402  (a sibling script's module, found through sys.path)
 
 SECTION = "gpu_check"
+# What the measured code imports (module: pip package); Ray, pytest and the datasets are not needed.
+REQUIRED = {"jax": "jax[cuda13]", "flax": "flax", "optax": "optax", "chex": "chex",
+            "numba": "numba", "dm_env": "dm-env", "PIL": "pillow", "absl": "absl-py",
+            "orbax": "orbax-checkpoint", "threadpoolctl": "threadpoolctl", "spiral": "-e ."}
 TARGETS = {"engine": 1e6, "policy update": 1e5, "fused runtime": 2e5}
 
 
@@ -275,9 +280,18 @@ def append_results(text: str, path: pathlib.Path) -> None:
     path.write_text(content[:start] + section + ("\n" + rest if rest else ""))
 
 
+def missing_packages() -> list[str]:
+    """The pip names of REQUIRED packages this Python cannot import."""
+    return [pip for module, pip in REQUIRED.items() if importlib.util.find_spec(module) is None]
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     start = time.perf_counter()
+    missing = missing_packages()
+    if missing:
+        raise SystemExit(f"Missing packages: pip install {' '.join(missing)} (and pip install -e . "
+                         f"--no-deps for spiral itself; BUILD.md, 'The GPU check').")
     import jax
     if not args.dry_run and jax.default_backend() != "gpu":
         raise SystemExit(f"No GPU: JAX sees {jax.devices()}. Install jax[cuda13] (BUILD.md), or "

@@ -57,3 +57,10 @@ def test_runs_append_under_their_section(tmp_path):
 def test_without_a_gpu_it_says_so_and_points_to_the_dry_run():
     with pytest.raises(SystemExit, match="--dry_run"):
         gpu_check.main([])
+
+
+def test_missing_packages_are_named_with_the_pip_command(monkeypatch):
+    monkeypatch.setitem(gpu_check.REQUIRED, "no_such_module_xyz", "no-such-package")
+    assert gpu_check.missing_packages() == ["no-such-package"]
+    with pytest.raises(SystemExit, match="pip install no-such-package"):
+        gpu_check.main(["--dry_run"])
