@@ -117,7 +117,8 @@ class EpisodeRunner:
             raise ValueError("A conditional run needs targets for its environments.")
         # Independent uint32 seeds for every environment and the sampler: no two actors (or
         # incarnations of one, through seed_offset) paint the same episodes.
-        seeds = np.random.SeedSequence([config.runtime.seed, actor_index, seed_offset]).generate_state(k + 1)
+        seeds = np.random.SeedSequence([config.runtime.seed, actor_index,
+                                        seed_offset]).generate_state(k + 1)
         self.env = BatchedPaintEnv(env, seeds[:k], targets if env.conditional else None)
         self.num_envs = k
         self.num_steps = env.episode_length - 1

@@ -368,8 +368,9 @@ class BatchedPaintEnv:
         return self._episode
 
     @property
-    def episode_step(self) -> int:
-        """Actions taken in the current episode (0 at FIRST)."""
+    def actions_in_episode(self) -> int:
+        """Actions taken in the current episode (0 at FIRST; the observation's ``episode_step`` counts
+        DeepMind's way)."""
         return self._t
 
     @property

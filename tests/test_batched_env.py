@@ -100,7 +100,7 @@ def test_step_types_rewards_and_the_step_after_last():
     env = BatchedPaintEnv(config, [1, 2], make_targets(config))
     rng = np.random.default_rng(0)
     ts = env.step(random_actions(config, 2, rng))   # before any reset: a reset, actions ignored
-    assert ts.first() and env.episode == 0 and env.episode_step == 0
+    assert ts.first() and env.episode == 0 and env.actions_in_episode == 0
     types = []
     for _ in range(3):
         ts = env.step(random_actions(config, 2, rng))
@@ -172,7 +172,7 @@ def test_bad_actions_raise_and_change_nothing(change, message):
     change(actions)
     with pytest.raises(ValueError, match=message):
         env.step(actions)
-    assert env.episode_step == 0 and (env.canvas_uint8() == 255).all()
+    assert env.actions_in_episode == 0 and (env.canvas_uint8() == 255).all()
     with pytest.raises(ValueError, match="shape \\(5, 2\\)"):
         env.step(np.zeros((4, 2), np.int32))
 
