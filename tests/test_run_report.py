@@ -29,9 +29,9 @@ from PIL import Image
 
 from conftest import REPO, dataset_dir, skip_unless
 from headless_chromium import Browser, find_chromium
-from spiral.actors import driver
+from spiral.actors import run_loop
 from spiral.actors.monitoring import Monitor
-from spiral.evaluation import charts, events, read_eval_log, run_report
+from spiral.evaluation import charts, events, log_checkpoint_metrics, read_eval_log, run_report
 from spiral.launch import flags as launch_flags
 from test_runtime_e2e import tiny_values
 
@@ -165,7 +165,7 @@ def image_bytes(img_attrs) -> tuple[str, bytes]:
 def train(run_dir, **overrides):
     values = tiny_values(run_dir.parent, run_dir=str(run_dir), max_updates=UPDATES, checkpoint_every_minutes=1e-4,
                          image_every_updates=1, **overrides)
-    return driver.train(launch_flags.config_from_values(values))
+    return run_loop.train(launch_flags.config_from_values(values), on_checkpoint=log_checkpoint_metrics)
 
 
 @pytest.fixture(scope="module")
