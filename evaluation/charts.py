@@ -117,11 +117,13 @@ def line_chart(series: Sequence[Series], references: Mapping[str, float] | None 
         parts.append(f'<g class="ytick" data-value="{tick!r}"><line x1="{left - 4}" y1="{py(tick):.2f}" '
                      f'x2="{right}" y2="{py(tick):.2f}" stroke="#e4e4e4"/>'
                      f'<text x="{left - 6}" y="{py(tick) + 4:.2f}" text-anchor="end">{format_tick(tick)}</text></g>')
-    for tick in nice_ticks(x0, x1, 6):
-        if x0 <= tick <= x1:
-            parts.append(f'<g class="xtick" data-value="{tick!r}"><line x1="{px(tick):.2f}" y1="{bottom}" '
-                         f'x2="{px(tick):.2f}" y2="{bottom + 4}" stroke="#444"/>'
-                         f'<text x="{px(tick):.2f}" y="{bottom + 16}" text-anchor="middle">{format_tick(tick)}</text></g>')
+    x_ticks = [t for t in nice_ticks(x0, x1, 6) if x0 <= t <= x1]
+    if all(float(x).is_integer() for x in xs):  # counts (updates, steps): no ticks between them
+        x_ticks = [t for t in x_ticks if t.is_integer()] or [x0, x1]
+    for tick in x_ticks:
+        parts.append(f'<g class="xtick" data-value="{tick!r}"><line x1="{px(tick):.2f}" y1="{bottom}" '
+                     f'x2="{px(tick):.2f}" y2="{bottom + 4}" stroke="#444"/>'
+                     f'<text x="{px(tick):.2f}" y="{bottom + 16}" text-anchor="middle">{format_tick(tick)}</text></g>')
     if x_label:
         parts.append(f'<text x="{(left + right) / 2}" y="{height - 6}" text-anchor="middle" '
                      f'class="axis-label">{html.escape(x_label)}</text>')

@@ -96,7 +96,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .differs td { background: #fff4d6; }
 .note { color: #666; font-size: 13px; }
 .missing { color: #a33; }
-.slider input { width: 100%; max-width: 540px; }
+.slider input { width: 60%; max-width: 420px; vertical-align: middle; }
+.position { white-space: nowrap; }
 pre { max-height: 320px; overflow: auto; background: #f6f6f6; padding: 6px; font-size: 12px; }
 """
 
@@ -409,6 +410,10 @@ def evaluation_html(member: Member) -> str:
     return note + "".join(table) + errors + f'<div class="charts">{"".join(charts)}</div>'
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _spaced(items: list, limit: int) -> list:
     """At most ``limit`` items, evenly spaced, always keeping the first and the last."""
     if len(items) <= limit:
@@ -431,7 +436,7 @@ def samples_html(member: Member) -> str:
     frames = []
     for step in steps:
         agent_steps = steps_at.get(step)
-        caption = f"{step:,} updates" + (f", {agent_steps:,} agent steps" if agent_steps is not None else "")
+        caption = _count(step, "update") + (f", {_count(agent_steps, 'agent step')}" if agent_steps is not None else "")
         stroke = (f"<figure>{img(strokes[step], 'image/png', f'strokes at {step} updates', 2, True)}"
                   f"<figcaption>one episode, stroke by stroke (left to right, top to bottom)</figcaption></figure>"
                   if step in strokes else "")
@@ -459,6 +464,8 @@ def _no_evaluation(member: Member) -> str:
 
 
 def pairs_html(member: Member) -> str:
+    if not member.conditional:
+        return '<p class="note">An unconditional run: its paintings have no targets.</p>'
     evaluation = member.evaluation
     if evaluation is None or evaluation.samples_png is None:
         return _no_evaluation(member)

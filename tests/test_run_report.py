@@ -114,6 +114,8 @@ def test_chart_draws_each_point_where_its_axis_labels_say():
         return lambda v: slope * v + intercept
 
     to_x, to_y = axis("xtick", "x1"), axis("ytick", "y1")
+    # Counts (the x values here are whole) get whole ticks only.
+    assert all(float(t.get("data-value")).is_integer() for t in svg.findall(f"{SVG}g[@class='xtick']"))
     lines = svg.findall(f"{SVG}polyline[@data-label='a']")
     assert len(lines) == 2  # the NaN breaks the line
     drawn = [tuple(map(float, p.split(","))) for line in lines for p in line.get("points").split()]
@@ -241,6 +243,8 @@ def test_population_members_side_by_side(runs):
     for section in ("summary", "training-curves", "evaluation", "samples", "strokes", "programs"):
         assert [m for s, m in page.members if s == section] == ["member_fused", "member_local"], section
     assert "Members compared" in text
+    pairs = text[text.index('<section id="pairs">'):text.index('<section id="strokes">')]
+    assert "An unconditional run" in pairs and "Painting (left) | target (right)" in pairs
     # The config table puts what differs first: the runtime, among others.
     differs = text[text.index('<div class="differs">'):text.index("<details><summary>All")]
     assert "runtime.runtime" in differs and "agent.lstm_size" not in differs
@@ -297,7 +301,7 @@ def test_reports_in_headless_chromium(runs, tmp_path_factory):
                 return [shown.length, shown[0].dataset.step, box.querySelector('.position').textContent];
             })()""")
             first_step = [s for section, s in expected.frames if section == "samples"][0]
-            assert first[:2] == [1, str(first_step)] and first[2].startswith(f"{first_step:,} updates"), first
+            assert first[:2] == [1, str(first_step)] and first[2].startswith(f"{first_step:,} update"), first
             shot = page.screenshot(str(shots / f"{name}.png"))
             image = np.asarray(Image.open(shot).convert("L"))
             assert image.shape[1] >= 1000 and image.shape[0] > 1500 and image.std() > 10
