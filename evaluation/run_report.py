@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import html
 import io
 import json
@@ -457,42 +458,48 @@ def _evaluation_source(evaluation: Evaluation) -> str:
             f'{_number(result.get("episodes"))} episodes on {_esc(result.get("heldout", "held-out data"))}.</p>')
 
 
-def _no_evaluation(member: Member) -> str:
-    return _missing("No evaluation folder: run launch/evaluate.py --checkpoint="
-                    f"{_esc(os.path.join(member.path, 'checkpoints'))} (or launch/report.py, which evaluates "
-                    "the latest checkpoint).")
+def from_evaluation(render):
+    """A renderer of the newest evaluation folder's pictures, ``render(member, evaluation)``: it says
+    which folder they come from, or, without one, how to make it."""
+    @functools.wraps(render)
+    def wrapped(member: Member) -> str:
+        if member.evaluation is None:
+            return _missing("No evaluation folder: run launch/evaluate.py --checkpoint="
+                            f"{_esc(os.path.join(member.path, 'checkpoints'))} (or launch/report.py, which "
+                            "evaluates the latest checkpoint).")
+        return _evaluation_source(member.evaluation) + render(member, member.evaluation)
+    return wrapped
 
 
-def pairs_html(member: Member) -> str:
-    if not member.conditional:
-        return '<p class="note">An unconditional run: its paintings have no targets.</p>'
-    evaluation = member.evaluation
-    if evaluation is None or evaluation.samples_png is None:
-        return _no_evaluation(member)
+@from_evaluation
+def pairs_html(member: Member, evaluation: Evaluation) -> str:
+    if evaluation.samples_png is None:
+        return _missing(f"No samples.png in {_esc(evaluation.path)}.")
     l2 = evaluation.result.get("metrics", {}).get("l2")
     caption = "Painting (left) | target (right) for each held-out target" + (
         f"; mean L2 {l2:.4g}" if l2 is not None else "")
-    return (_evaluation_source(evaluation)
-            + f"<figure>{img(evaluation.samples_png, 'image/png', 'paintings beside targets', 1, True)}"
-              f"<figcaption>{_esc(caption)}</figcaption></figure>")
+    return (f"<figure>{img(evaluation.samples_png, 'image/png', 'paintings beside targets', 1, True)}"
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
 
 
-def strokes_html(member: Member) -> str:
-    evaluation = member.evaluation
-    if evaluation is None:
-        return _no_evaluation(member)
+def pairs_or_unconditional_html(member: Member) -> str:
+    if not member.conditional:
+        return '<p class="note">An unconditional run: its paintings have no targets.</p>'
+    return pairs_html(member)
+
+
+@from_evaluation
+def strokes_html(member: Member, evaluation: Evaluation) -> str:
     if not evaluation.gifs:
         return _missing(f"No GIFs in {_esc(evaluation.path)} (evaluated with --gif_episodes=0).")
     beside = " (target beside each frame)" if member.conditional else ""
-    gifs = "".join(f"<figure>{img(data, 'image/gif', name, 1, True)}<figcaption>{_esc(name)}{beside}</figcaption></figure>"
-                   for name, data in evaluation.gifs)
-    return _evaluation_source(evaluation) + gifs
+    return "".join(f"<figure>{img(data, 'image/gif', name, 1, True)}<figcaption>{_esc(name)}{beside}"
+                   f"</figcaption></figure>" for name, data in evaluation.gifs)
 
 
-def programs_html(member: Member) -> str:
-    evaluation = member.evaluation
-    if evaluation is None:
-        return _no_evaluation(member)
+@from_evaluation
+def programs_html(member: Member, evaluation: Evaluation) -> str:
+    del member
     if not evaluation.programs:
         return _missing(f"No programs in {_esc(evaluation.path)}/programs.")
     blocks = []
@@ -507,7 +514,7 @@ def programs_html(member: Member) -> str:
                       f"</details></div>")
     more = len(evaluation.programs) - MAX_PROGRAMS
     tail = f'<p class="note">{more} more in {_esc(evaluation.path)}/programs.</p>' if more > 0 else ""
-    return _evaluation_source(evaluation) + "".join(blocks) + tail
+    return "".join(blocks) + tail
 
 
 # ------------------------------------------------------------------------------------- the page
@@ -518,7 +525,7 @@ SECTIONS = (  # (id, title, renderer of one member (of all members for "config")
     ("training-curves", "Training curves", training_curves_html, False),
     ("evaluation", "Evaluation metrics", evaluation_html, False),
     ("samples", "Samples at every checkpoint", samples_html, False),
-    ("pairs", "Targets and paintings", pairs_html, True),
+    ("pairs", "Targets and paintings", pairs_or_unconditional_html, True),
     ("strokes", "Stroke by stroke", strokes_html, False),
     ("programs", "Programs", programs_html, False),
 )

@@ -10,7 +10,9 @@ values). See ``spiral.evaluation.report``. ``--report`` then writes the run's HT
 ``report.html`` beside the checkpoint_dir (``spiral.evaluation.run_report``).
 """
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from spiral.launch.flags import start_script
 
 flags.DEFINE_string("checkpoint", None, "Checkpoint folder (ckpt_NNNNNNNN) or checkpoint_dir (its latest).")
 flags.DEFINE_string("output_dir", None, "Where to write (default: <checkpoint_dir>/evaluation/<ckpt_name>).")
@@ -26,10 +28,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}: every option is a --flag (see --help).")
-    if not FLAGS["verbosity"].present:  # orbax logs every restore at INFO
-        logging.set_verbosity(logging.WARNING)
+    start_script(argv)
     from spiral.evaluation.report import default_output_dir, evaluate_checkpoint  # pylint: disable=import-outside-toplevel
     from spiral.evaluation.run_report import report_checkpoint_run  # pylint: disable=import-outside-toplevel
     try:

@@ -301,15 +301,21 @@ def describe(config: ExperimentConfig) -> str:
             f"logs {rt.logdir}; checkpoints {rt.checkpoint_dir}")
 
 
+def start_script(argv) -> None:
+    """What every launch script's ``main`` does first: refuse positional arguments (a forgotten
+    ``--``), and keep absl's log at WARNING unless ``--verbosity`` was given (orbax logs every
+    checkpoint file at INFO)."""
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}: every option is a --flag (see --help).")
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def main_for(preset: str):
     """The ``main`` of a training script: flags -> config -> ``train_and_report``."""
     def main(argv):
-        if len(argv) > 1:
-            raise SystemExit(f"error: unexpected arguments {argv[1:]}: every option is a --flag "
-                             f"(see --help).")
-        from absl import logging  # pylint: disable=import-outside-toplevel
-        if not FLAGS["verbosity"].present:  # orbax logs every checkpoint file at INFO
-            logging.set_verbosity(logging.WARNING)
+        start_script(argv)
         try:
             config = config_from_flags()
         except ValueError as e:

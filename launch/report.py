@@ -11,7 +11,9 @@ it has no evaluation folder yet, for the GIFs and programs. See ``spiral.evaluat
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from spiral.launch.flags import start_script
 
 flags.DEFINE_string("run_dir", None, "A run folder (<run_dir>/tb, <run_dir>/checkpoints) or a folder of them.")
 flags.DEFINE_string("output", None, "Where to write the page (default: <run_dir>/report.html).")
@@ -24,10 +26,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}: every option is a --flag (see --help).")
-    if not FLAGS["verbosity"].present:  # orbax logs every restore at INFO
-        logging.set_verbosity(logging.WARNING)
+    start_script(argv)
     from spiral.evaluation import run_report  # pylint: disable=import-outside-toplevel
     try:
         members = run_report.find_members(FLAGS.run_dir)
