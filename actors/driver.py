@@ -169,6 +169,8 @@ class DistributedRuntime:
         self._policy_state = self.learner.get_state.remote() if self.keep_states else None
         self._disc_state = (self.disc.get_state.remote() if self.keep_states and self.disc
                             else None)
+        if self.keep_states:  # the learners started (else their error is raised here, not later)
+            be.get([ref for ref in (self._policy_state, self._disc_state) if ref is not None])
         self._server_incarnation = (be.get(self.param_server.get_incarnation.remote())
                                     if self.on_ray else None)
         self._server_checked = time.monotonic()

@@ -47,7 +47,8 @@ class DiscriminatorConfig:
         separated the data as well (98% held-out accuracy in both runs).
       sngan_reward: the reward an SN-GAN discriminator gives for logit l: "log_sigmoid" (log σ(l),
         the non-saturating generator objective, ≤ 0) or "logit" (l itself, unbounded).
-      learning_rate, b1, b2, eps: Adam (SPIRAL: 1e-4, 0.5, 0.999, 1e-8).
+      learning_rate: the critic's Adam learning rate (SPIRAL: 1e-4).
+      b1, b2, eps: Adam's other parameters (SPIRAL: 0.5, 0.999, 1e-8).
       batch_size: fake (and real) images per update (SPIRAL: 64).
       replay_batches: the replay holds the last ``replay_batches`` batches of final canvases
         (SPIRAL: 20 × 64 = 1280 canvases).

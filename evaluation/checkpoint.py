@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from spiral.actors import checkpointing
-from spiral.launch.config import ExperimentConfig
+from spiral.actors.config import ExperimentConfig
 from spiral.learner import Agent
 
 

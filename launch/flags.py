@@ -1,4 +1,12 @@
-"""The absl flags of the training scripts, and the one function that turns them into a config.
+"""The absl flags of the training scripts, generated from the config dataclasses, and back.
+
+Each option is written once: as a field of a config dataclass (``ExperimentConfig``,
+``RuntimeConfig``, ``PaintConfig``, ``PolicyLearnerConfig``, ``DiscriminatorConfig``) with its
+type, its default and its entry in the class's ``Attributes`` docstring. ``define_flags`` makes
+one flag per field (named like the field, or as ``RENAMED`` says where users know another name;
+its help is the field's entry) except the fields of ``NOT_FLAGS``, which say why they are none.
+Two flags are not fields: ``--network`` and ``--disc_network`` pick the networks' sizes. The
+agent's action space follows the environment's flags, and the discriminator's image layout too.
 
 Every script (``run_mnist.py``, ``run_omniglot.py``, ``run_celeba.py``) calls ``define_flags``
 with its dataset's preset (the defaults ``--help`` shows), then ``config_from_flags()`` in its
@@ -7,20 +15,28 @@ with its dataset's preset (the defaults ``--help`` shows), then ``config_from_fl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import inspect
 import math
 import os
+import re
 import signal
 import sys
 import traceback
-from typing import Any
+import typing
+from typing import Any, NamedTuple
 
 from absl import flags
 
+from spiral.actors.config import DATASETS, REWARDS, RUNTIMES, ExperimentConfig, RuntimeConfig
 from spiral.discriminator import DiscriminatorConfig
+from spiral.discriminator.config import LOSSES
 from spiral.envs import PaintConfig
+from spiral.envs.config import JUMP_STARTS
 from spiral.learner import AgentConfig, PolicyLearnerConfig
-from spiral.launch.config import DATASETS, REWARDS, RUNTIMES, ExperimentConfig, RuntimeConfig
+from spiral.learner.config import (NARROW_CONV_IMPLS, TRANSPOSED_CONV_IMPLS,
+                                   VALUE_NORMALISATIONS)
 
 FLAGS = flags.FLAGS
 
@@ -43,6 +59,116 @@ PRESETS = {
     "celeba": dict(dataset="celeba", use_color=True, conditional=False, episode_length=20),
 }
 
+# The config sections whose fields become flags, by their path in ExperimentConfig.
+SECTIONS = (("", ExperimentConfig), ("env", PaintConfig), ("policy", PolicyLearnerConfig),
+            ("discriminator", DiscriminatorConfig), ("runtime", RuntimeConfig))
+# Flags named otherwise than their field: the names users know.
+RENAMED = {"policy.transposed_conv": "learner_transposed_conv",
+           "discriminator.loss": "discriminator_loss",
+           "discriminator.complement": "complement_discriminator",
+           "discriminator.learning_rate": "disc_learning_rate",
+           "discriminator.batch_size": "disc_batch_size"}
+# Fields that are no flag, and why.
+_SPIRALS_VALUE = "SPIRAL's value (SPIRAL.md); change it in code, not per run"
+NOT_FLAGS = {
+    "env": "a section: its fields are flags", "agent": "follows --network and the environment",
+    "policy": "a section: its fields are flags", "discriminator": "a section: its fields are flags",
+    "runtime": "a section: its fields are flags",
+    "env.background": "the datasets are dark ink on white, and so is the canvas",
+    "env.l2_reward": "the reward is chosen with --reward (the runtimes compute every reward)",
+    "policy.baseline_cost": _SPIRALS_VALUE, "policy.discount": _SPIRALS_VALUE,
+    "policy.adam_b1": _SPIRALS_VALUE, "policy.adam_b2": _SPIRALS_VALUE,
+    "policy.adam_eps": _SPIRALS_VALUE, "policy.max_grad_norm": _SPIRALS_VALUE,
+    "policy.clip_rho_threshold": _SPIRALS_VALUE, "policy.clip_pg_rho_threshold": _SPIRALS_VALUE,
+    "policy.clip_c_threshold": _SPIRALS_VALUE,
+    "policy.value_std_min": "a numerical floor, not a setting",
+    "discriminator.image_channels": "follows --use_color",
+    "discriminator.conditional": "follows --conditional",
+    "discriminator.channels": "follows --disc_network",
+    "discriminator.leaky_relu_slope": _SPIRALS_VALUE, "discriminator.spectral_norm": _SPIRALS_VALUE,
+    "discriminator.gp_target": _SPIRALS_VALUE, "discriminator.mean_penalty": _SPIRALS_VALUE,
+    "discriminator.sngan_reward": _SPIRALS_VALUE, "discriminator.b1": _SPIRALS_VALUE,
+    "discriminator.b2": _SPIRALS_VALUE, "discriminator.eps": _SPIRALS_VALUE,
+}
+# The values a string field may take (its flag is an enum).
+CHOICES = {"dataset": DATASETS, "reward": REWARDS, "env.jump_start": JUMP_STARTS,
+           "policy.transposed_conv": TRANSPOSED_CONV_IMPLS,
+           "policy.compute_dtype": ("float32", "bfloat16"),
+           "policy.value_normalisation": VALUE_NORMALISATIONS, "discriminator.loss": LOSSES,
+           "runtime.runtime": RUNTIMES, "runtime.rewards_on": ("actors", "learner"),
+           "runtime.actor_narrow_convs": NARROW_CONV_IMPLS}
+# Where a script's default differs from the dataclass's (which suits tests and library use).
+LAUNCH_DEFAULTS = {
+    "policy.transposed_conv": "depth_to_space",   # the same function, ~2x faster updates on CPU
+    "runtime.max_updates": 20000,
+    "runtime.num_actors": max(1, (os.cpu_count() or 2) - 1),   # one core for the learners
+    "runtime.run_dir": None, "runtime.logdir": None, "runtime.checkpoint_dir": None,
+}
+# What the launcher adds to a field's help.
+HELP_NOTES = {
+    "runtime.run_dir": "Default: runs/<dataset>-<time>.",
+    "runtime.logdir": "Default: <run_dir>/tb.",
+    "runtime.checkpoint_dir": "Default: <run_dir>/checkpoints.",
+    "policy.entropy_weights": "As key:weight items, e.g. flag:100,end:2.",
+}
+_EXTRA_FLAGS = ("network", "disc_network")
+
+
+class FlagSpec(NamedTuple):
+    name: str          # the flag, without --
+    path: str          # the config field it sets, e.g. "policy.learning_rate"
+    hint: Any          # the field's type
+    default: Any       # the field's default
+    help: str          # the field's entry in its class's Attributes docstring
+
+
+def field_docs(cls) -> dict[str, str]:
+    """{field: its entry} of a class docstring's ``Attributes:`` section (Google style; one entry
+    may name several fields, "b1, b2, eps: ..."), whitespace collapsed."""
+    lines = (inspect.getdoc(cls) or "").splitlines()
+    docs, names, text = {}, [], []
+
+    def close():
+        for name in names:
+            docs[name] = " ".join(" ".join(text).split())
+
+    inside = False
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside = True
+            continue
+        if not inside:
+            continue
+        entry = re.match(r"^  ([a-z_][a-z0-9_]*(?:, [a-z_][a-z0-9_]*)*): (.*)$", line)
+        if entry:
+            close()
+            names, text = entry.group(1).split(", "), [entry.group(2)]
+        elif line.startswith("    ") and names:
+            text.append(line.strip())
+        elif line.strip():   # the section ended
+            break
+    close()
+    return docs
+
+
+def flag_specs() -> list[FlagSpec]:
+    """One spec per config field that is a flag, in the sections' order."""
+    specs = []
+    for prefix, cls in SECTIONS:
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for field in dataclasses.fields(cls):
+            path = f"{prefix}.{field.name}" if prefix else field.name
+            if path in NOT_FLAGS:
+                continue
+            if field.name not in docs:
+                raise TypeError(f"{cls.__name__}.{field.name} has no entry in the class's "
+                                f"Attributes docstring: write one (it is --help's text), or list "
+                                f"{path!r} in NOT_FLAGS with the reason it is no flag.")
+            help_text = " ".join(filter(None, (docs[field.name], HELP_NOTES.get(path))))
+            specs.append(FlagSpec(RENAMED.get(path, field.name), path, hints[field.name],
+                                  field.default, help_text))
+    return specs
+
 
 _OUR_FLAGS: set[str] = set()
 
@@ -50,8 +176,40 @@ _OUR_FLAGS: set[str] = set()
 def define_flags(preset: str, flag_values: flags.FlagValues = FLAGS) -> None:
     """Define every training flag in ``flag_values``, with ``PRESETS[preset]``'s defaults."""
     before = set(flag_values)
-    _define(PRESETS[preset], flag_values)
+    for spec in flag_specs():
+        default = PRESETS[preset].get(spec.name, LAUNCH_DEFAULTS.get(spec.path, spec.default))
+        _define(spec, default, flag_values)
+    flags.DEFINE_enum("network", "full", list(AGENT_SIZES), "Agent size: full (SPIRAL's, 1.6 M "
+                      "parameters), small, tiny.", flag_values=flag_values)
+    flags.DEFINE_enum("disc_network", "full", list(DISC_SIZES), "Discriminator size: full, small, "
+                      "tiny.", flag_values=flag_values)
     _OUR_FLAGS.update(set(flag_values) - before)
+
+
+def _define(spec: FlagSpec, default, fv: flags.FlagValues) -> None:
+    hint, args = spec.hint, (spec.name, None, spec.help)
+    origin, type_args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        flags.DEFINE_boolean(spec.name, default, spec.help, flag_values=fv)
+    elif hint is int:
+        flags.DEFINE_integer(spec.name, default, spec.help, flag_values=fv)
+    elif hint is float:
+        flags.DEFINE_float(spec.name, default, spec.help, flag_values=fv)
+    elif spec.path in CHOICES:
+        flags.DEFINE_enum(spec.name, default, list(CHOICES[spec.path]), spec.help, flag_values=fv)
+    elif hint is str or (origin is typing.Union and str in type_args):
+        flags.DEFINE_string(spec.name, default, spec.help, flag_values=fv)
+    elif origin is tuple:
+        flags.DEFINE_list(spec.name, [_format_item(v) for v in default], spec.help, flag_values=fv)
+    else:
+        raise TypeError(f"no flag type for {spec.path}: {hint} (args {args}).")
+
+
+def _format_item(value) -> str:
+    """A tuple field's default item as the flag writes it: 4.0 -> "4", ("flag", 2.0) -> "flag:2"."""
+    if isinstance(value, tuple):
+        return ":".join(_format_item(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def default_values(preset: str = "mnist", **overrides) -> dict[str, Any]:
@@ -67,136 +225,10 @@ def default_values(preset: str = "mnist", **overrides) -> dict[str, Any]:
     return values
 
 
-def _define(p: dict, fv: flags.FlagValues) -> None:
-    # Data and task.
-    flags.DEFINE_enum("dataset", p["dataset"], DATASETS, "Real images the discriminator learns from.",
-        flag_values=fv)
-    flags.DEFINE_string("data_dir", None, "Dataset folder (default: $SPIRAL_DATA_DIR, else ~/.cache/spiral/data).",
-        flag_values=fv)
-    flags.DEFINE_integer("dataset_limit", 0, "Use only the first N training images (0: all).",
-        flag_values=fv)
-    flags.DEFINE_boolean("conditional", p["conditional"], "Reconstruct a target image shown to the agent.",
-        flag_values=fv)
-    flags.DEFINE_enum("reward", "discriminator", REWARDS, "discriminator (SPIRAL) or l2 (conditional baseline).",
-        flag_values=fv)
-    flags.DEFINE_boolean("normalise_l2", True, "L2 reward divided by the blank canvas's distance to the target (blank -1, copy 0).",
-        flag_values=fv)
-    flags.DEFINE_boolean("temporal_credit_assignment", False, "Per-step rewards summing to the final one: SPIRAL++'s D(c_t) - D(c_t-1); for L2 the distance each stroke removed.",
-        flag_values=fv)
-    flags.DEFINE_float("new_stroke_penalty", 0.0, "Reward for each paint step that starts a new stroke (e.g. -0.01).",
-        flag_values=fv)
-    flags.DEFINE_float("blank_penalty", 0.0, "Reward at the end of an episode that painted nothing (e.g. -1).",
-        flag_values=fv)
-    # Environment.
-    flags.DEFINE_integer("episode_length", p["episode_length"], "Steps per episode: reset + N-1 strokes.",
-        flag_values=fv)
-    flags.DEFINE_integer("canvas_width", 64, "Rendering resolution (64, 128, 256); the agent sees 64x64.",
-        flag_values=fv)
-    flags.DEFINE_integer("observation_width", 64, "Canvas width the agent sees (64; 32/16 for small CPU runs, L2 reward only).",
-        flag_values=fv)
-    flags.DEFINE_integer("grid_width", 32, "Width of the stroke end/control point grid.",
-        flag_values=fv)
-    flags.DEFINE_boolean("use_color", p["use_color"], "Colour canvas and red/green/blue actions.",
-        flag_values=fv)
-    flags.DEFINE_boolean("use_pressure", True, "Expose the pressure action (else pressure 1).",
-        flag_values=fv)
-    flags.DEFINE_list("brush_sizes", ["1", "2", "4", "8", "12", "24"], "Brush radii in pixels of a 64 canvas.",
-        flag_values=fv)
-    flags.DEFINE_enum("jump_start", "corrected", ["corrected", "released"],
-                      "corrected: a stroke after a jump starts where the brush jumped. released: "
-                      "DeepMind's released environment exactly (the (y, y) start after a jump, "
-                      "libmypaint 1.3.0's brush speed term, dtime 0.1f; envs/README.md).", flag_values=fv)
-    # Agent and policy learner.
-    flags.DEFINE_enum("network", "full", list(AGENT_SIZES), "Agent size: full (SPIRAL's, 1.6 M params), small, tiny.",
-        flag_values=fv)
-    flags.DEFINE_float("learning_rate", 1e-4, "Policy Adam learning rate (SPIRAL: 1e-5 .. 3e-4).",
-        flag_values=fv)
-    flags.DEFINE_float("entropy_cost", 1e-2, "Entropy bonus weight (SPIRAL: 2e-3 .. 1e-1).",
-        flag_values=fv)
-    flags.DEFINE_list("entropy_weights", [], "Per-key entropy weights as key:weight (e.g. flag:100); unnamed keys weigh 1.",
-        flag_values=fv)
-    flags.DEFINE_boolean("entropy_normalise", False, "Divide each key's entropy by log(its number of values).",
-        flag_values=fv)
-    flags.DEFINE_enum("value_normalisation", "none", ["none", "popart", "running"],
-                      "How the value head follows the reward's scale: PopArt, running target "
-                      "normalisation, or none.", flag_values=fv)
-    flags.DEFINE_float("value_stats_step", 1e-2, "Step size of the value normalisation's running statistics.",
-        flag_values=fv)
-    flags.DEFINE_enum("learner_transposed_conv", "depth_to_space", ["direct", "depth_to_space"],
-                      "Form of the location decoder's transposed convolutions in the learner (same "
-                      "function; depth_to_space updates ~2x faster on CPU). Actors always sample "
-                      "with direct, faster at their batch sizes.", flag_values=fv)
-    flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Learner compute precision.",
-        flag_values=fv)
-    # Discriminator.
-    flags.DEFINE_enum("discriminator_loss", "wgan_gp", ["wgan_gp", "sngan"], "WGAN-GP (SPIRAL) or SN-GAN (SPIRAL++).",
-        flag_values=fv)
-    flags.DEFINE_enum("disc_network", "full", list(DISC_SIZES), "Discriminator size: full, small, tiny.",
-        flag_values=fv)
-    flags.DEFINE_boolean("complement_discriminator", False, "SPIRAL++ complement discriminator (conditional).",
-        flag_values=fv)
-    flags.DEFINE_float("disc_learning_rate", 1e-4, "Discriminator Adam learning rate.",
-        flag_values=fv)
-    flags.DEFINE_float("gp_weight", 1.0, "WGAN-GP gradient penalty weight (SPIRAL's agents: 1).",
-        flag_values=fv)
-    flags.DEFINE_integer("disc_batch_size", 64, "Fake (and real) images per discriminator update.",
-        flag_values=fv)
-    flags.DEFINE_integer("replay_batches", 20, "The replay holds the final canvases of this many D batches.",
-        flag_values=fv)
-    flags.DEFINE_enum("rewards_on", "actors", ["actors", "learner"],
-                      "Who scores the canvases: the actors on CPU (SPIRAL) or the policy learner on "
-                      "its device (cheaper for --temporal_credit_assignment with a GPU learner).",
-                      flag_values=fv)
-    flags.DEFINE_float("disc_updates_per_policy_update", 1.0, "Discriminator updates per policy update.",
-        flag_values=fv)
-    # Runtime.
-    flags.DEFINE_enum("runtime", "ray", RUNTIMES, "ray (distributed), local (one process), fused (one device).",
-        flag_values=fv)
-    flags.DEFINE_string("ray_address", None, "Ray cluster to join ('auto' on a cluster); default: start a local Ray.",
-        flag_values=fv)
-    flags.DEFINE_integer("ray_num_cpus", 0, "CPUs of the local Ray (0: this machine's); more oversubscribes.",
-        flag_values=fv)
-    flags.DEFINE_integer("num_actors", max(1, (os.cpu_count() or 2) - 1), "CPU actors (one core each).",
-        flag_values=fv)
-    flags.DEFINE_enum("actor_narrow_convs", "direct", ["direct", "taps"],
-                      "The actors' form of the policy's few-channel convolutions (same function): "
-                      "taps samples faster on one CPU core with --network=tiny.", flag_values=fv)
-    flags.DEFINE_integer("envs_per_actor", 8, "Environments per actor, stepped with one batched policy call.",
-        flag_values=fv)
-    flags.DEFINE_integer("batch_size", 64, "Episodes per policy update (a multiple of --envs_per_actor).",
-        flag_values=fv)
-    flags.DEFINE_integer("queue_capacity", 0, "Unrolls outstanding at once (0: 2 batches).",
-        flag_values=fv)
-    flags.DEFINE_integer("max_policy_lag", 20, "Drop unrolls acted more than this many versions ago.",
-        flag_values=fv)
-    flags.DEFINE_integer("max_updates", 20000, "Stop after this many policy updates (0: no limit).",
-        flag_values=fv)
-    flags.DEFINE_float("max_minutes", 0.0, "Stop after this many minutes (0: no limit).",
-        flag_values=fv)
-    flags.DEFINE_float("num_gpus", 0.0, "GPUs for the learners: 0 (CPU), 0.5/1 (shared), 2 (one each).",
-        flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=fv)
-    flags.DEFINE_string("run_dir", None, "Where logs and checkpoints go (default: runs/<dataset>-<time>).",
-        flag_values=fv)
-    flags.DEFINE_string("logdir", None, "TensorBoard folder (default: <run_dir>/tb).",
-        flag_values=fv)
-    flags.DEFINE_string("checkpoint_dir", None, "Checkpoint folder (default: <run_dir>/checkpoints).",
-        flag_values=fv)
-    flags.DEFINE_float("checkpoint_every_minutes", 10.0, "Checkpoint period (and always at the end).",
-        flag_values=fv)
-    flags.DEFINE_boolean("auto_resume", False, "Continue from the latest checkpoint if there is one, else start afresh (a rerun of a preempted job).",
-        flag_values=fv)
-    flags.DEFINE_boolean("resume", False, "Continue from the latest intact checkpoint in --checkpoint_dir / --run_dir (an error if none).",
-        flag_values=fv)
-    flags.DEFINE_float("log_every_seconds", 5.0, "Progress line period.", flag_values=fv)
-    flags.DEFINE_integer("image_every_updates", 100, "Sample canvases to TensorBoard every N updates.",
-        flag_values=fv)
-
-
 def _run_dir(values: dict[str, Any]) -> str:
     if values["run_dir"]:
         return values["run_dir"]
-    if (values["resume"] or values.get("auto_resume")) and not values["checkpoint_dir"]:
+    if (values["resume"] or values["auto_resume"]) and not values["checkpoint_dir"]:
         raise ValueError("--resume and --auto_resume need --run_dir (or --checkpoint_dir) of the "
                          "run to continue.")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -218,6 +250,13 @@ def parse_entropy_weights(items) -> tuple[tuple[str, float], ...]:
     return tuple(pairs)
 
 
+def _parse_numbers(name: str, items) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in items)
+    except ValueError:
+        raise ValueError(f"--{name} must be numbers, got {items}.") from None
+
+
 def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
     """Build and check the config from flag values (a dict: testable without absl)."""
     for name, value in sorted(values.items()):
@@ -225,64 +264,33 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
             raise ValueError(f"--{name} must be a finite number, got {value}.")
     if values["complement_discriminator"] and not values["conditional"]:
         raise ValueError("--complement_discriminator needs --conditional (it masks halves of the target).")
-    try:
-        brush_sizes = tuple(float(s) for s in values["brush_sizes"])
-    except ValueError:
-        raise ValueError(f"--brush_sizes must be numbers, got {values['brush_sizes']}.") from None
-    env = PaintConfig(canvas_width=values["canvas_width"], grid_width=values["grid_width"],
-                      episode_length=values["episode_length"], brush_sizes=brush_sizes,
-                      use_color=values["use_color"], use_pressure=values["use_pressure"],
-                      conditional=values["conditional"],
-                      observation_width=values["observation_width"], jump_start=values["jump_start"])
-    agent = AgentConfig(canvas_width=env.observation_width, grid_width=env.grid_width, brush_sizes=env.brush_sizes,
-                        use_color=env.use_color, use_pressure=env.use_pressure,
-                        conditional=env.conditional, **AGENT_SIZES[values["network"]])
-    policy = PolicyLearnerConfig(learning_rate=values["learning_rate"],
-                                 entropy_cost=values["entropy_cost"],
-                                 entropy_weights=parse_entropy_weights(values["entropy_weights"]),
-                                 entropy_normalise=values["entropy_normalise"],
-                                 value_normalisation=values["value_normalisation"],
-                                 value_stats_step=values["value_stats_step"],
-                                 compute_dtype=values["compute_dtype"],
-                                 transposed_conv=values["learner_transposed_conv"])
-    disc = DiscriminatorConfig(loss=values["discriminator_loss"], image_channels=env.channels,
-                               conditional=env.conditional,
-                               complement=values["complement_discriminator"],
+    sections = {prefix: {} for prefix, _ in SECTIONS}
+    for spec in flag_specs():
+        value = values[spec.name]
+        if spec.path == "policy.entropy_weights":
+            value = parse_entropy_weights(value)
+        elif typing.get_origin(spec.hint) is tuple:
+            value = _parse_numbers(spec.name, value)
+        prefix, _, field = spec.path.rpartition(".")
+        sections[prefix][field] = value
+    run = sections["runtime"]
+    run["run_dir"] = _run_dir(values)
+    run["logdir"] = run["logdir"] or os.path.join(run["run_dir"], "tb")
+    run["checkpoint_dir"] = run["checkpoint_dir"] or os.path.join(run["run_dir"], "checkpoints")
+    env = PaintConfig(**sections["env"])
+    agent = AgentConfig(canvas_width=env.observation_width, grid_width=env.grid_width,
+                        brush_sizes=env.brush_sizes, use_color=env.use_color,
+                        use_pressure=env.use_pressure, conditional=env.conditional,
+                        **AGENT_SIZES[values["network"]])
+    disc = DiscriminatorConfig(image_channels=env.channels, conditional=env.conditional,
                                channels=DISC_SIZES[values["disc_network"]],
-                               learning_rate=values["disc_learning_rate"],
-                               gp_weight=values["gp_weight"],
-                               batch_size=values["disc_batch_size"],
-                               replay_batches=values["replay_batches"])
-    run_dir = _run_dir(values)
-    runtime = RuntimeConfig(
-        runtime=values["runtime"], ray_address=values["ray_address"],
-        ray_num_cpus=values["ray_num_cpus"], num_actors=values["num_actors"],
-        envs_per_actor=values["envs_per_actor"], batch_size=values["batch_size"],
-        queue_capacity=values["queue_capacity"], max_policy_lag=values["max_policy_lag"],
-        disc_updates_per_policy_update=values["disc_updates_per_policy_update"],
-        actor_narrow_convs=values["actor_narrow_convs"], rewards_on=values["rewards_on"],
-        max_updates=values["max_updates"], max_minutes=values["max_minutes"],
-        num_gpus=values["num_gpus"], seed=values["seed"],
-        logdir=values["logdir"] or os.path.join(run_dir, "tb"),
-        checkpoint_dir=values["checkpoint_dir"] or os.path.join(run_dir, "checkpoints"),
-        checkpoint_every_minutes=values["checkpoint_every_minutes"], resume=values["resume"],
-        auto_resume=values["auto_resume"], run_dir=run_dir,
-        log_every_seconds=values["log_every_seconds"],
-        image_every_updates=values["image_every_updates"])
-    return ExperimentConfig(dataset=values["dataset"], data_dir=values["data_dir"],
-                            dataset_limit=values["dataset_limit"], reward=values["reward"],
-                            normalise_l2=values["normalise_l2"],
-                            temporal_credit_assignment=values["temporal_credit_assignment"],
-                            new_stroke_penalty=values["new_stroke_penalty"],
-                            blank_penalty=values["blank_penalty"],
-                            env=env, agent=agent, policy=policy, discriminator=disc,
-                            runtime=runtime)
+                               **sections["discriminator"])
+    return ExperimentConfig(env=env, agent=agent, policy=PolicyLearnerConfig(**sections["policy"]),
+                            discriminator=disc, runtime=RuntimeConfig(**run), **sections[""])
 
 
 def config_from_flags() -> ExperimentConfig:
     return config_from_values({name: FLAGS[name].value for name in FLAGS if name in _OUR_FLAGS})
-
-
 
 
 def describe(config: ExperimentConfig) -> str:

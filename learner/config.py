@@ -114,18 +114,28 @@ class PolicyLearnerConfig:
     """Hyperparameters of the V-trace policy update (SPIRAL.md §5).
 
     ``learning_rate`` and ``entropy_cost`` are only initial values: they live in the learner state
-    so population-based training can change them without recompiling.
+    so population-based training can change them without recompiling. The other fields are
+    described beside them below.
 
-    ``entropy_weights``: (key, weight) pairs multiplying each sub-action's entropy in the bonus
-    (keys not named weigh 1); with ``entropy_normalise`` each key's entropy is first divided by
-    log(number of values), so every key's term lies in [0, weight].
-
-    ``value_normalisation``: how the value head follows the reward's scale (``spiral.learner.losses``):
-    "popart" (running mean/std of the V-trace targets; the value head's last layer is rescaled
-    when they change, so its outputs in reward units are preserved), "running" (the same
-    statistics normalise the targets and advantages, but the value head is not rescaled: plain
-    adaptive target normalisation) or "none". ``value_stats_step`` is the statistics' step size β
-    (an exact average over the first 1/β updates, then an exponential one).
+    Attributes:
+      learning_rate: Adam's learning rate of the policy (SPIRAL's PBT range: 1e-5 .. 3e-4).
+      entropy_cost: weight of the entropy bonus (SPIRAL's PBT range: 2e-3 .. 1e-1).
+      entropy_weights: (key, weight) pairs multiplying each sub-action's entropy in the bonus
+        (keys not named weigh 1).
+      entropy_normalise: divide each key's entropy by log(its number of values) first, so every
+        key's term lies in [0, weight].
+      value_normalisation: how the value head follows the reward's scale
+        (``spiral.learner.losses``): "popart" (running mean/std of the V-trace targets; the value
+        head's last layer is rescaled when they change, so its outputs in reward units are
+        preserved), "running" (the same statistics normalise the targets and advantages, but
+        the value head is not rescaled: plain adaptive target normalisation) or "none".
+      value_stats_step: the value statistics' step size β (an exact average over the first 1/β
+        updates, then an exponential one).
+      compute_dtype: the update's compute precision, "float32" or "bfloat16" (parameters stay
+        float32).
+      transposed_conv: form of the location decoder's transposed convolutions in the update,
+        "direct" or "depth_to_space" (the same function and parameters; depth_to_space updates
+        ~2x faster on CPU). Actors sample with their own form.
     """
 
     learning_rate: float = 1e-4       # SPIRAL's PBT range: log-uniform [1e-5, 3e-4]

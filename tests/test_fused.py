@@ -346,6 +346,37 @@ def test_fused_resume_refuses_a_different_network(two_steps, tmp_path):
         run_loop.train(fused_config(tmp_path, max_updates=2, resume=True, network="small"))
 
 
+def test_fused_runs_conditional_with_the_complement_critic_and_two_updates_per_step(tmp_path):
+    """End to end through the run loop: conditional MNIST targets, SPIRAL++'s complement
+    discriminator, two critic updates per policy update."""
+    _data_dir()
+    config = fused_config(tmp_path, conditional=True, complement_discriminator=True,
+                          disc_updates_per_policy_update=2.0, max_updates=3)
+    result = run_loop.train(config)
+    counters = result["counters"]
+    assert counters["updates"] == 3 and counters["disc_updates"] == 6
+    assert all(np.isfinite(result["disc_metrics"][k]) for k in ("loss", "critic_real", "critic_fake"))
+    assert np.isfinite(result["policy_metrics"]["total_loss"])
+    policy, disc, replay = _trees(result["checkpoint"])
+    assert int(policy["step"]) == 3 and int(disc["step"]) == 6
+    # The replay holds each canvas with the target it was painted from: MNIST digits (ink on
+    # white), not blank canvases.
+    size = int(replay["size"])
+    assert size == 3 * BATCH and replay["targets"].shape == replay["canvases"].shape
+    assert (replay["targets"][:size] < 128).any(axis=(1, 2, 3)).all()
+
+
+def test_fused_runs_the_l2_reward_without_a_discriminator(tmp_path):
+    _data_dir()
+    config = fused_config(tmp_path, conditional=True, reward="l2", max_updates=3)
+    result = run_loop.train(config)
+    assert result["counters"]["updates"] == 3 and result["counters"]["disc_updates"] == 0
+    assert result["disc_metrics"] == {}
+    # Normalised L2: the blank canvas scores -1 and a perfect copy 0.
+    assert -5.0 < result["progress"]["mean_episode_return"] <= 0.0, result["progress"]
+    assert sorted(os.listdir(result["checkpoint"])) == ["policy", "run.json"]
+
+
 def test_bad_device_count_is_refused(two_steps, tmp_path):
     config = fused_config(tmp_path)
     with pytest.raises(ValueError, match="multiple of the number of devices"):

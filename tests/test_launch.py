@@ -9,7 +9,7 @@ from conftest import REPO
 from spiral.actors import run_loop
 from spiral.actors.runtime import RunError
 from spiral.launch import flags as launch_flags
-from spiral.launch.config import ExperimentConfig
+from spiral.actors.config import ExperimentConfig
 
 
 def config(tmp_path, **overrides):
@@ -92,3 +92,42 @@ def test_more_actors_than_the_ray_cluster_has_cpus_is_an_error(tmp_path):
             run_loop.train(config(tmp_path, runtime="ray", num_gpus=1))
     finally:
         ray.shutdown()
+
+
+def test_every_config_field_is_a_flag_or_says_why_not():
+    """Each option is written once, in its config dataclass: every field is a flag (its help the
+    field's Attributes entry) or is listed in NOT_FLAGS with the reason; nothing stale."""
+    import dataclasses
+    specs = launch_flags.flag_specs()   # raises for a field without an Attributes entry
+    paths = {spec.path for spec in specs}
+    every_field = set()
+    for prefix, cls in launch_flags.SECTIONS:
+        for field in dataclasses.fields(cls):
+            path = f"{prefix}.{field.name}" if prefix else field.name
+            every_field.add(path)
+            assert (path in paths) != (path in launch_flags.NOT_FLAGS), path
+    for table in (launch_flags.NOT_FLAGS, launch_flags.RENAMED, launch_flags.CHOICES,
+                  launch_flags.LAUNCH_DEFAULTS, launch_flags.HELP_NOTES):
+        assert set(table) <= every_field | {"agent"}, set(table) - every_field
+    names = [spec.name for spec in specs] + list(launch_flags._EXTRA_FLAGS)
+    assert len(names) == len(set(names))
+    by_name = {spec.name: spec for spec in specs}
+    assert by_name["disc_learning_rate"].path == "discriminator.learning_rate"
+    from spiral.learner import PolicyLearnerConfig
+    assert by_name["learning_rate"].help == launch_flags.field_docs(PolicyLearnerConfig)["learning_rate"]
+
+
+def test_default_flags_give_the_dataclasses_defaults_except_where_the_launcher_says():
+    import dataclasses
+    config = launch_flags.config_from_values(launch_flags.default_values("mnist", run_dir="x"))
+    for prefix, cls in launch_flags.SECTIONS[1:]:
+        built = getattr(config, prefix)
+        for field in dataclasses.fields(cls):
+            path = f"{prefix}.{field.name}"
+            if path in launch_flags.NOT_FLAGS or path in launch_flags.LAUNCH_DEFAULTS:
+                continue
+            if field.name in launch_flags.PRESETS["mnist"]:
+                continue
+            assert getattr(built, field.name) == field.default, path
+    assert config.policy.transposed_conv == launch_flags.LAUNCH_DEFAULTS["policy.transposed_conv"]
+    assert config.runtime.max_updates == launch_flags.LAUNCH_DEFAULTS["runtime.max_updates"]

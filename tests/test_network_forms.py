@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from spiral.launch.config import RuntimeConfig
+from spiral.actors.config import RuntimeConfig
 from spiral.learner import Agent, AgentConfig, Observation
 from spiral.learner.networks import InputConv, NarrowConv, conv_taps
 

@@ -1,7 +1,9 @@
 """The experiment's configuration: one frozen dataclass, composed of each component's own config.
 
-``ExperimentConfig`` is built from absl flags by ``spiral.launch.flags`` (flags exist nowhere
-else) and handed, as a plain picklable value, to every runtime, Ray worker and evaluation script.
+``ExperimentConfig`` (with the runtime's own ``RuntimeConfig``) is built from absl flags by
+``spiral.launch.flags`` (flags exist nowhere else; each flag is generated from a field here or in
+a component's config, and its help is the field's entry in its class's ``Attributes``) and
+handed, as a plain picklable value, to every runtime, Ray worker and evaluation script.
 It checks the combination once, at start, so a contradiction fails before any actor launches.
 It round-trips through JSON (``to_dict`` / ``from_dict``): every checkpoint carries the config
 that produced it, and ``evaluate.py`` rebuilds the agent from it.
