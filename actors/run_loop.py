@@ -162,10 +162,15 @@ class StopSignals:
         self._previous = {}
 
     def __enter__(self):
+        self.install()
+        return self
+
+    def install(self):
+        """Take the signals (again: ``ray.init`` installs its own SIGTERM handler)."""
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+                previous = signal.signal(sig, self._handle)
+                self._previous.setdefault(sig, previous)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -379,6 +384,7 @@ class RunLoop:
         with StopSignals(self.say) as signals:
             try:
                 runtime = self.make_runtime(self.config, data, self.say)
+                signals.install()
                 if resume is not None:
                     self._restore(runtime, resume)
                 self._elapsed_before = self.counters.elapsed_s

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spiral.discriminator.config import IMAGE_SIZE, DiscriminatorConfig
+from spiral.envs.levels import quantise
 
 NUM_HALF_MASKS = 4  # left, right, top, bottom.
 
@@ -72,7 +73,7 @@ def to_uint8(images) -> np.ndarray:
     """Validated images → uint8 0..255 on the host (float32 is rounded to the nearest level)."""
     if np.dtype(images.dtype) == np.uint8:
         return np.asarray(images)
-    return np.rint(np.asarray(images, np.float32) * 255.0).astype(np.uint8)
+    return quantise(images)
 
 
 def half_masks(size: int = IMAGE_SIZE) -> jax.Array:

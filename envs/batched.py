@@ -15,7 +15,7 @@ naming the key, the environment and the valid range; nothing is clipped.
 Arrays out: ``BatchedTimeStep(step_type uint8 [K], reward float64 [K] | None, discount
 float32 [K] | None, observation)``; reward and discount are None at FIRST, as dm_env's
 ``restart``. The observation holds ``canvas`` uint8 levels [K, ow, ow, C] (k means k/255: the
-agent and the trajectory records read levels; ``spiral.envs.targets.levels_to_float`` gives
+agent and the trajectory records read levels; ``spiral.envs.levels.to_float`` gives
 ``PaintEnv``'s float32 canvas), ``action_mask`` float32 [K, num_keys], ``episode_step`` and
 ``episode_length`` int32 [K] (``PaintEnv``'s, DeepMind's counters) and, in conditional mode,
 ``target`` uint8 levels [K, ow, ow, C]. Each step returns new arrays (safe to keep). Both

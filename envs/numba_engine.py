@@ -30,6 +30,7 @@ from numba import njit
 
 from spiral.envs import stroke as spec
 from spiral.envs.config import PaintConfig
+from spiral.envs.levels import LEVELS
 
 F32 = np.float32
 
@@ -76,7 +77,7 @@ _LANE_X8 = (np.arange(64) % 8).astype(F32)
 _LANE_Y8 = (np.arange(64) // 8).astype(F32)
 
 # uint8 level -> float32 observation: the nearest float to k/255 (k·255 then rounds back to k).
-UINT8_TO_FLOAT = (np.arange(256) / 255.0).astype(F32)
+UINT8_TO_FLOAT = LEVELS  # spiral.envs.levels: the float32 nearest k/255
 
 
 @njit(cache=True, error_model="numpy")

@@ -60,6 +60,7 @@ from spiral.envs import stroke as spec
 from spiral.envs import targets as target_data
 from spiral.envs.config import DEFAULT_OBSERVATION_WIDTH, OBSERVATION_WIDTHS, PaintConfig
 from spiral.envs.engines import make_engine
+from spiral.envs.levels import to_float
 from spiral.envs.numba_engine import observe
 from spiral.envs.program import Jump, Program, Stroke
 
@@ -161,7 +162,7 @@ class PaintEnv(dm_env.Environment):
                 self._target_index, self._next_target = self._next_target, None
             else:
                 self._target_index = spec.target_index(self.seed, self._episode, len(self._targets))
-            target = target_data.levels_to_float(self._targets[self._target_index])
+            target = to_float(self._targets[self._target_index])
             target.flags.writeable = False
             self._target = target
         self._program = Program(self.seed, self._episode, self.config.background, self.config.channels,

@@ -10,7 +10,7 @@ A conditional environment shows the agent a target image of the observation's sh
   This is a stated transformation (a float target becomes the nearest k/255, exactly what a
   canvas of the same picture would be), not clipping: values outside [0, 1] (or NaN) raise.
 
-The observation's ``target`` is then ``UINT8_TO_FLOAT[level]``, the float32 nearest k/255, the
+The observation's ``target`` is then ``spiral.envs.levels.to_float(level)``, the float32 nearest k/255, the
 same numbers a canvas uses: a learner may store both as uint8 losslessly.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spiral.envs.numba_engine import UINT8_TO_FLOAT
+from spiral.envs.levels import quantise
 
 TARGET_DTYPES = (np.uint8, np.float32)
 
@@ -33,12 +33,6 @@ def check_target_layout(shape, dtype, observation_shape, name: str = "targets"):
     if len(shape) != 4 or tuple(shape[1:]) != tuple(observation_shape) or shape[0] == 0:
         raise ValueError(f"{name} must have shape [N, {expected}] with N >= 1 (observation_width × "
                          f"observation_width × channels), got {tuple(shape)}.")
-
-
-def quantise(values: np.ndarray) -> np.ndarray:
-    """float32 values in [0, 1] → uint8 levels, round half to even of float32(v · 255) (canvas rule)."""
-    scaled = np.asarray(values, np.float32) * np.float32(255.0)
-    return np.rint(scaled).astype(np.uint8)
 
 
 def target_levels(targets, observation_shape, name: str = "targets") -> np.ndarray:
@@ -60,8 +54,3 @@ def target_levels(targets, observation_shape, name: str = "targets") -> np.ndarr
         raise ValueError(f"float32 {name} must lie in [0, 1], got values in [{low}, {high}]; "
                          f"nothing is clipped: rescale them, or pass uint8 levels 0..255.")
     return quantise(targets)
-
-
-def levels_to_float(levels: np.ndarray) -> np.ndarray:
-    """uint8 levels → float32 k/255 (the nearest float32; what observed canvases use)."""
-    return UINT8_TO_FLOAT[levels]

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spiral.envs.levels import quantise
+
 INPUT_WIDTH = 64
 FEATURE_DIM = 64
 KINDS = ("classifier", "autoencoder")
@@ -273,7 +275,7 @@ def train_extractor(kind: str, images: np.ndarray, labels: Optional[np.ndarray],
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}.")
     images = np.asarray(images)
     if images.dtype != np.uint8:  # keep the training set compact: uint8 levels
-        images = np.rint(to_network_input(images) * 255.0).astype(np.uint8)
+        images = quantise(to_network_input(images))
     channels = images.shape[-1]
     extractor = init_extractor(kind, num_classes, channels, seed)
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))

@@ -26,6 +26,7 @@ from spiral.envs import Program, Stroke, render_program
 from spiral.envs import stroke as brush_spec
 from spiral.envs.config import REFERENCE_WIDTH, PaintConfig
 from spiral.envs.engines import make_engine
+from spiral.envs.levels import quantise
 
 # The brush's look per pressure (PRESSURE_VALUES 0.1 … 1.0): best-fitting box half-width in units
 # of the brush radius, and its opacity. From ``calibrate_stroke_appearance()`` (4 seeds, radius
@@ -167,7 +168,7 @@ def to_uint8(image) -> np.ndarray:
         return image
     if image.size and (np.isnan(image).any() or image.min() < 0.0 or image.max() > 1.0):
         raise ValueError("float images must lie in [0, 1].")
-    return np.rint(image * 255.0).astype(np.uint8)
+    return quantise(image)
 
 
 def enlarge(image: np.ndarray, scale: int) -> np.ndarray:

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from spiral.envs import datasets
+from spiral.envs.levels import quantise
 from spiral.evaluation import classifier
 
 # Settings that reach the targets on a 2-core CPU in minutes (the one-off training of the weights).
@@ -30,10 +31,6 @@ DEFAULTS = {
 }
 OMNIGLOT_DRAWERS = 20
 OMNIGLOT_VALIDATION_DRAWERS = 2
-
-
-def _levels(images: np.ndarray) -> np.ndarray:
-    return np.rint(images * 255.0).astype(np.uint8)
 
 
 def train(dataset: str, output=None, steps=None, batch_size=None, learning_rate=None,
@@ -50,12 +47,12 @@ def train(dataset: str, output=None, steps=None, batch_size=None, learning_rate=
             settings[name] = value
     start = time.monotonic()
     train_set = datasets.load_dataset(dataset, "train", data_dir, limit=limit)
-    images, labels = _levels(train_set.images), train_set.labels
+    images, labels = quantise(train_set.images), train_set.labels
     del train_set
     check_images = check_labels = None
     if dataset == "mnist":
         test_set = datasets.load_dataset("mnist", "test", data_dir)
-        check_images, check_labels = _levels(test_set.images), test_set.labels
+        check_images, check_labels = quantise(test_set.images), test_set.labels
     elif dataset == "omniglot":
         # Images come in (character, drawer) order: hold out the last drawers of every character.
         drawer = np.arange(len(images)) % OMNIGLOT_DRAWERS

@@ -7,7 +7,7 @@ import pytest
 
 from spiral.envs import BatchedPaintEnv, PaintConfig, PaintEnv, render_program, specs
 from spiral.envs.batched import FIRST, LAST, MID
-from spiral.envs.targets import levels_to_float
+from spiral.envs.levels import to_float as levels_to_float
 
 SEEDS = (3, 2 ** 32 - 1, 12345)
 

@@ -244,6 +244,28 @@ def test_ctrl_c_checkpoints_stops_every_process_and_resume_continues(data_dir, t
     assert f"done: {updates + 2} policy updates" in text, text
 
 
+def test_sigterm_on_ray_checkpoints_and_exits_with_its_status(data_dir, tmp_path):
+    """SIGTERM (what a scheduler sends; ``ray.init`` installs a handler of its own for it): the
+    same graceful stop, status 128 + 15."""
+    run_dir = tmp_path / "run"
+    proc = _launch(["--runtime=ray", "--ray_num_cpus=2", "--max_updates=100000",
+                    f"--run_dir={run_dir}", *_TINY_FLAGS])
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if "| upd " in line and int(line.split("| upd ")[1].split()[0].replace(",", "")) >= 2:
+            break
+    os.kill(proc.pid, signal.SIGTERM)
+    output += proc.stdout.readlines()
+    proc.wait(timeout=120)
+    text = "".join(output)
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    stopped = [line for line in output if line.startswith("SIGTERM: stopped at")]
+    assert len(stopped) == 1 and "Traceback" not in text, text
+    updates = int(stopped[0].split("stopped at ")[1].split()[0])
+    assert checkpointing.latest_checkpoint(str(run_dir / "checkpoints")).endswith(f"ckpt_{updates:08d}")
+
+
 # ---------------------------------------------------------------------------- exact resume
 
 @pytest.mark.slow
