@@ -68,9 +68,19 @@ def restore_tree(path: str, template: Any = None) -> Any:
             return checkpointer.restore(path)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(template))
         try:
-            return checkpointer.restore(path, abstract)
+            restored = checkpointer.restore(path, abstract)
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"the state saved at {path} does not fit this run's: {e}") from None
+    # Orbax restores the saved shapes whatever the template says: compare them here.
+    wrong = [(jax.tree_util.keystr(key), np.shape(got), want.shape)
+             for (key, got), want in zip(jax.tree_util.tree_flatten_with_path(restored)[0],
+                                         jax.tree.leaves(abstract))
+             if np.shape(got) != tuple(want.shape)]
+    if wrong:
+        key, got, want = wrong[0]
+        raise ValueError(f"the state saved at {path} does not fit this run's: {len(wrong)} arrays "
+                         f"have other shapes, e.g. {key} is {got} where this run has {want}.")
+    return restored
 
 
 def _file_digests(folder: str) -> dict[str, str]:

@@ -3,7 +3,8 @@
 ``make_update_step(config)`` returns ``update_step(state, fake, real=None, targets=None) ->
 (state, metrics)``: pure, jittable, no host callbacks, so the fused one-GPU runtime can call it
 inside its own jitted program. ``DiscriminatorLearner`` holds the state, jits the update, samples
-batches from a ``Replay``, publishes reward parameters with a version, and checkpoints with orbax.
+batches from a ``Replay`` and publishes reward parameters with a version; a runtime checkpoints its
+state (``state_to_tree``, ``spiral.actors.checkpointing``).
 
 Batches (images uint8 0..255 or float32 in [0, 1], [B, 64, 64, C]):
 * unconditional: ``fake`` = final canvases, ``real`` = dataset images (same B, for the penalty's
@@ -18,11 +19,8 @@ Batches (images uint8 0..255 or float32 in [0, 1], [B, 64, 64, C]):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
-import pathlib
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -207,48 +205,6 @@ class DiscriminatorLearner:
         """(version, reward weights as numpy arrays, ready for ``ray.put``). Version = updates done."""
         weights = jax.device_get(self._scoring_weights(self._state))
         return self.step, jax.tree_util.tree_map(np.asarray, weights)
-
-    # ---- checkpoints -------------------------------------------------------------------------
-
-    def save(self, directory, max_to_keep: Optional[int] = 3) -> pathlib.Path:
-        """Writes the state, the config (checked on restore) and the seed under ``directory/<step>``."""
-        import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed here
-        directory = pathlib.Path(directory).resolve()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        with ocp.CheckpointManager(directory, options=options) as manager:
-            manager.save(self.step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state_to_tree(self._state)),
-                learner=ocp.args.JsonSave({"config": _config_to_json(self.config), "seed": self.seed})))
-            manager.wait_until_finished()
-        return directory / str(self.step)
-
-    def restore(self, directory, step: Optional[int] = None) -> int:
-        """Loads the latest (or the given) checkpoint under ``directory``; returns its step.
-
-        Takes the saved seed too, so ``train_step`` draws the batches the saved run would have.
-        """
-        import orbax.checkpoint as ocp
-        directory = pathlib.Path(directory).resolve()
-        with ocp.CheckpointManager(directory) as manager:
-            step = manager.latest_step() if step is None else step
-            if step is None:
-                raise FileNotFoundError(f"No discriminator checkpoint under {directory}.")
-            saved = manager.restore(step, args=ocp.args.Composite(learner=ocp.args.JsonRestore()))["learner"]
-            saved_config = saved["config"]
-            differences = {k: (v, saved_config.get(k)) for k, v in _config_to_json(self.config).items()
-                           if saved_config.get(k) != v}
-            if differences:
-                raise ValueError(f"Checkpoint {directory / str(step)} was written with a different config "
-                                 f"(field: (this learner, checkpoint)): {differences}.")
-            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_to_tree(self._state))
-            tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-        self._state = state_from_tree(tree, self._state)
-        self.seed = int(saved["seed"])  # the host sampling stream continues from the saved run
-        return int(step)
-
-
-def _config_to_json(config: DiscriminatorConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def state_to_tree(state: DiscriminatorState) -> dict:

@@ -3,7 +3,9 @@
 Acme style: ``LearnerState`` is a small NamedTuple; ``make_update_step(agent, config)`` returns a
 pure ``update_step(state, batch) -> (state, metrics)`` that the fused one-GPU runtime can call
 inside its own ``jit``/``scan``; ``PolicyLearner`` jits it, holds the state, counts, checks
-batches and checkpoints (orbax). Ray wraps ``PolicyLearner`` elsewhere; nothing here imports Ray.
+batches; ``get_state``/``set_state`` hand the state to a runtime, which checkpoints it
+(``spiral.actors.checkpointing``, the one on-disk format). Ray wraps ``PolicyLearner``
+elsewhere; nothing here imports Ray.
 
 The update (SPIRAL.md §5): teacher-forced logits and values, V-trace with the batch's rewards,
 loss = policy gradient + 0.5 × baseline + entropy_cost × (−entropy) (``spiral.learner.losses``),
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -30,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-import orbax.checkpoint as ocp
 
 from spiral.learner import losses
 from spiral.learner.agent import Agent
@@ -313,28 +313,3 @@ class PolicyLearner:
                             metrics["total_loss"], metrics["grad_norm"],
                             int(metrics["skipped_updates"]))
         return metrics
-
-    # --------------------------------------------------------------------------- checkpoints
-    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> str:
-        """Write parameters, optimiser state, counters, hyperparameters and the key (orbax).
-
-        ``directory`` must not exist unless ``overwrite``. Returns its absolute path.
-        """
-        path = os.path.abspath(os.fspath(directory))
-        if os.path.exists(path) and not overwrite:
-            raise ValueError(f"Checkpoint directory {path} exists; pass overwrite=True or choose "
-                             f"another directory.")
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(path, jax.device_get(self._state), force=overwrite)
-            checkpointer.wait_until_finished()
-        return path
-
-    def restore(self, directory: str | os.PathLike) -> None:
-        """Load a checkpoint written by ``save`` of a learner with the same configs."""
-        path = os.path.abspath(os.fspath(directory))
-        if not os.path.isdir(path):
-            raise ValueError(f"No checkpoint at {path}.")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._state)
-        with ocp.StandardCheckpointer() as checkpointer:
-            restored = checkpointer.restore(path, abstract)
-        self.set_state(jax.tree.map(jnp.asarray, restored))

@@ -304,10 +304,14 @@ def test_checkpoint_restore_continues_bit_identically(tmp_path):
     for batch in batches[:2]:
         first.update(batch)
     first.set_hyperparameters(learning_rate=3e-3)
-    path = first.save(tmp_path / "ckpt")
+    # The one on-disk format (the runtimes' checkpoints), from and back into the learner's state.
+    from spiral.actors import checkpointing
+    path = checkpointing.save_checkpoint(str(tmp_path / "ckpt"), 2, {}, {},
+                                         {"policy": first.get_state()})
     resumed = PolicyLearner(TINY, CONFIG, seed=99)   # different init, overwritten
     assert not params_equal(resumed.params, first.params)
-    resumed.restore(path)
+    resumed.set_state(jax.tree.map(jnp.asarray, checkpointing.restore_tree(
+        f"{path}/policy", resumed.get_state())))
     assert resumed.step == 2
     assert params_equal(resumed.params, first.params)
     for batch in batches[2:]:
@@ -316,8 +320,7 @@ def test_checkpoint_restore_continues_bit_identically(tmp_path):
     assert params_equal(resumed.params, straight.params)
     assert params_equal(resumed.state.opt_state, straight.state.opt_state)
     np.testing.assert_array_equal(resumed.state.rng, straight.state.rng)
-    with pytest.raises(ValueError, match="exists"):
-        first.save(path)
+    assert float(resumed.state.hyperparams.learning_rate) == pytest.approx(3e-3)
 
 
 def test_non_finite_batch_is_refused_and_counted():
