@@ -135,6 +135,31 @@ def test_chart_without_finite_values_says_so():
         charts.Series("a", [1, 2], [3])
 
 
+# ------------------------------------------------------------------------------------- layout
+
+def test_members_are_the_run_or_the_run_folders_inside(tmp_path):
+    (tmp_path / "single" / "tb").mkdir(parents=True)
+    assert run_report.find_members(str(tmp_path / "single")) == [str(tmp_path / "single")]
+    for name in ("b", "a"):
+        (tmp_path / "population" / name / "checkpoints").mkdir(parents=True)
+    (tmp_path / "population" / "notes").mkdir()
+    assert run_report.find_members(str(tmp_path / "population")) == [
+        str(tmp_path / "population" / n) for n in ("a", "b")]
+    with pytest.raises(FileNotFoundError, match="not a run folder.*a folder of such folders"):
+        run_report.find_members(str(tmp_path / "population" / "notes"))
+    with pytest.raises(FileNotFoundError, match="no run folder"):
+        run_report.find_members(str(tmp_path / "missing"))
+
+
+def test_slider_keeps_evenly_spaced_checkpoints_with_the_first_and_last():
+    steps = list(range(0, 2500, 10))
+    kept = run_report._spaced(steps, 100)  # pylint: disable=protected-access
+    assert len(kept) == 100 and kept[0] == 0 and kept[-1] == 2490 and kept == sorted(set(kept))
+    gaps = np.diff(kept)
+    assert gaps.max() - gaps.min() <= 10  # as even as whole checkpoints allow
+    assert run_report._spaced(steps[:7], 100) == steps[:7]  # pylint: disable=protected-access
+
+
 # ------------------------------------------------------------------------------------- real runs
 
 class Page(HTMLParser):
