@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from spiral.discriminator import make_episode_reward_fn
-from spiral.envs import BatchedPaintEnv
+from spiral.envs import BatchedPaintEnv, specs
 from spiral.learner import (FIRST, LAST, MID, Agent, Observation, Trajectory,
                             zero_agent_state)
 
@@ -34,19 +34,19 @@ def reward_mode(config) -> str:
     return "tca" if config.temporal_credit_assignment else "final"
 
 
-def stroke_penalties(flags: np.ndarray, new_stroke_penalty: float, blank_penalty: float) -> np.ndarray:
-    """Extra rewards [T, B] from the `flag` actions [T, B] (1 = paint, 0 = jump).
+def stroke_penalties(flags, new_stroke_penalty: float, blank_penalty: float, xp=np):
+    """Extra rewards float32 [T, B] from the `flag` actions [T, B] (1 = paint, 0 = jump).
 
     ``new_stroke_penalty`` is added at each paint step that starts a new continuous stroke (the
     first step, or one after a jump); ``blank_penalty`` at the last step of an episode with no
-    paint step at all. SPIRAL used both on MNIST with small negative values.
+    paint step at all. SPIRAL used both on MNIST with small negative values. ``xp``: the array
+    module, numpy (the CPU actors) or jax.numpy (the fused runtime, inside its jitted step).
     """
-    flags = np.asarray(flags)
-    painting = flags == 1
-    previous = np.concatenate([np.zeros_like(painting[:1]), painting[:-1]], axis=0)
-    out = np.where(painting & ~previous, np.float32(new_stroke_penalty), np.float32(0.0))
-    out[-1] += np.where(painting.any(axis=0), np.float32(0.0), np.float32(blank_penalty))
-    return out.astype(np.float32)
+    painting = xp.asarray(flags) == specs.PAINT
+    previous = xp.concatenate([xp.zeros_like(painting[:1]), painting[:-1]], axis=0)
+    out = xp.where(painting & ~previous, xp.float32(new_stroke_penalty), xp.float32(0.0))
+    blank = xp.where(painting.any(axis=0), xp.float32(0.0), xp.float32(blank_penalty))
+    return xp.concatenate([out[:-1], out[-1:] + blank], axis=0).astype(xp.float32)
 
 
 class CanvasRewards:

@@ -9,7 +9,7 @@ batched on the accelerator (``spiral.envs.jax_engine``), so one compiled program
    logits along the sampled path, per-episode noise, the policy version that acted);
 2. computes the rewards with the current discriminator exactly as the actors do
    (``episode_rewards(scoring_weights(D), ...)`` with ``acting.reward_mode`` and the stroke
-   penalties of ``acting.stroke_penalties``, here in jnp);
+   penalties of ``acting.stroke_penalties``, with jax.numpy);
 3. applies ``spiral.learner.make_update_step`` — the very update the policy learner worker runs;
 4. adds the final canvases to an on-device ring buffer (the ``Replay`` of the last
    ``replay_batches × batch_size`` canvases, uint8) and runs the discriminator's own
@@ -58,13 +58,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from spiral.actors.acting import reward_mode
+from spiral.actors.acting import reward_mode, stroke_penalties
 from spiral.actors.runtime import (RunData, RuntimeState, StepReport, check_local_gpu,
                                    load_run_data, restore_part, restore_replay)
 from spiral.discriminator import learning as disc_learning
 from spiral.discriminator.config import IMAGE_SIZE
 from spiral.discriminator.reward import episode_rewards
-from spiral.envs import jax_engine, specs
+from spiral.envs import jax_engine
 from spiral.learner import (FIRST, LAST, MID, Agent, LearnerState, Observation, Trajectory,
                             init_learner_state, make_update_step)
 
@@ -128,15 +128,6 @@ def replay_sample(replay: FusedReplay, key: jax.Array, batch_size: int):
     (the empty slot 0 while it holds nothing; the shell never trains the critic then)."""
     index = jax.random.randint(key, (batch_size,), 0, jnp.maximum(replay.size, 1))
     return replay.canvases[index], None if replay.targets is None else replay.targets[index]
-
-
-def stroke_penalties(flags: jax.Array, new_stroke_penalty: float, blank_penalty: float) -> jax.Array:
-    """``spiral.actors.acting.stroke_penalties`` in jnp: extra rewards [T, B] from flags [T, B]."""
-    painting = flags == specs.PAINT
-    previous = jnp.concatenate([jnp.zeros_like(painting[:1]), painting[:-1]], axis=0)
-    out = jnp.where(painting & ~previous, jnp.float32(new_stroke_penalty), jnp.float32(0.0))
-    blank = jnp.where(painting.any(axis=0), jnp.float32(0.0), jnp.float32(blank_penalty))
-    return out.at[-1].add(blank)
 
 
 def disc_updates_due(credit: float, rate: float, ready: bool) -> tuple[int, float]:
@@ -220,7 +211,7 @@ def make_parts(config) -> FusedParts:
         masks = jnp.concatenate([carry[3][None], masks], axis=0)
         rewards = _episode_rewards(config, mode, disc_weights, canvases, episode_targets)
         rewards = rewards + stroke_penalties(actions["flag"], config.new_stroke_penalty,
-                                             config.blank_penalty)
+                                             config.blank_penalty, xp=jnp)
         batch_first = lambda x: jnp.swapaxes(x, 0, 1)
         step_type = jnp.full((num_steps + 1,), MID, jnp.uint8).at[0].set(FIRST).at[-1].set(LAST)
         targets_record = None

@@ -3,7 +3,7 @@
 What must agree with the other runtime, each against an independent reference:
 * the record: the numba ``PaintEnv`` replaying the recorded actions gives the recorded canvases
   and masks; the teacher-forced agent gives the recorded behaviour logits; the rewards are the
-  CPU actor's (``make_episode_reward_fn`` + numpy ``stroke_penalties``);
+  CPU actor's (``make_episode_reward_fn`` + ``stroke_penalties``);
 * the updates: ``PolicyLearner.update`` and ``DiscriminatorLearner.update`` on the same batches
   give the fused step's parameters (the rollout differs between runtimes, the update must not);
 * the replay ring and the discriminator-update accounting: the host ``Replay`` and the driver's
@@ -83,13 +83,25 @@ def two_steps(tmp_path_factory):
 
 # ---------------------------------------------------------------------------- small pure pieces
 
-def test_stroke_penalties_match_the_actor_numpy_version():
+@pytest.mark.parametrize("xp", ["numpy", "jax.numpy under jit"])
+def test_stroke_penalties_against_an_explicit_loop(xp):
+    """One function for both runtimes (numpy in the actors, jax.numpy in the fused step)."""
     rng = np.random.default_rng(0)
     flags = rng.integers(0, 2, size=(7, 64)).astype(np.int32)
     flags[:, :5] = 0                      # blank episodes get the blank penalty
     flags[:, 5] = 1                       # one long stroke: one new-stroke penalty
-    expected = acting.stroke_penalties(flags, -0.25, -3.0)
-    got = np.asarray(jax.jit(fused.stroke_penalties, static_argnums=(1, 2))(flags, -0.25, -3.0))
+    expected = np.zeros((7, 64), np.float32)
+    for b in range(64):
+        for t in range(7):
+            if flags[t, b] == 1 and (t == 0 or flags[t - 1, b] == 0):
+                expected[t, b] += np.float32(-0.25)
+        if not flags[:, b].any():
+            expected[-1, b] += np.float32(-3.0)
+    if xp == "numpy":
+        got = acting.stroke_penalties(flags, -0.25, -3.0)
+    else:
+        got = np.asarray(jax.jit(lambda f: acting.stroke_penalties(f, -0.25, -3.0, xp=jnp))(flags))
+    assert got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
     assert got[-1, :5].tolist() == [-3.0] * 5 and got[:, 5].sum() == -0.25
 
@@ -201,7 +213,7 @@ def test_rollout_rewards_with_penalties_and_tca(tmp_path, two_steps):
     flags = traj.action["flag"].T.copy()
     flags[:, 0] = 0   # one blank episode
     got = jax.jit(lambda w, c, f: fused._episode_rewards(  # pylint: disable=protected-access
-        config, "tca", w, c, None) + fused.stroke_penalties(f, -0.1, -1.0))(weights, canvases, flags)
+        config, "tca", w, c, None) + acting.stroke_penalties(f, -0.1, -1.0, xp=jnp))(weights, canvases, flags)
     expected = (make_episode_reward_fn(config.discriminator, "tca")(weights, canvases)
                 + acting.stroke_penalties(flags, -0.1, -1.0))
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
