@@ -101,11 +101,6 @@ class Monitor:
         self._last_print = -math.inf
         self.lines_printed = 0
 
-    @property
-    def writing(self) -> bool:
-        """True while TensorBoard files are being written."""
-        return self._writer is not None
-
     def _give_up(self, error) -> None:
         # Not close(): it would flush and join a writer that already failed, and can block.
         self._writer = None

@@ -89,10 +89,6 @@ class TrajectoryQueue:
         """Unrolls outstanding: in flight plus ready."""
         return len(self._in_flight) + len(self._ready)
 
-    @property
-    def num_ready(self) -> int:
-        return len(self._ready)
-
     def _submit(self, wanted: int | None = None):
         """Start unrolls on idle actors while there is room (at most ``wanted`` more outstanding
         than ready, when given)."""

@@ -111,7 +111,6 @@ HELP_NOTES = {
     "runtime.checkpoint_dir": "Default: <run_dir>/checkpoints.",
     "policy.entropy_weights": "As key:weight items, e.g. flag:100,end:2.",
 }
-_EXTRA_FLAGS = ("network", "disc_network")
 
 
 class FlagSpec(NamedTuple):

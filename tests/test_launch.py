@@ -109,7 +109,7 @@ def test_every_config_field_is_a_flag_or_says_why_not():
     for table in (launch_flags.NOT_FLAGS, launch_flags.RENAMED, launch_flags.CHOICES,
                   launch_flags.LAUNCH_DEFAULTS, launch_flags.HELP_NOTES):
         assert set(table) <= every_field | {"agent"}, set(table) - every_field
-    names = [spec.name for spec in specs] + list(launch_flags._EXTRA_FLAGS)
+    names = [spec.name for spec in specs] + ["network", "disc_network"]
     assert len(names) == len(set(names))
     by_name = {spec.name: spec for spec in specs}
     assert by_name["disc_learning_rate"].path == "discriminator.learning_rate"
