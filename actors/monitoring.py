@@ -56,6 +56,8 @@ _LINE = (
 
 POLICY_PROGRESS_KEYS = ("total_loss", "pg_loss", "baseline_loss", "entropy", "grad_norm", "mean_rho",
                         "clipped_rho_fraction", "value_mse", "skipped_updates")
+POLICY_DIAGNOSTIC_KEYS = ("paint_fraction", "value_mean", "value_std", "mean_value", "mean_vs",
+                          "mean_abs_advantage")
 
 
 def learner_values(policy: Mapping[str, float], disc: Mapping[str, float],
@@ -64,6 +66,10 @@ def learner_values(policy: Mapping[str, float], disc: Mapping[str, float],
     the policy's by name, the discriminator's as ``d_<name>``, with ``d_real``/``d_fake`` always
     present (NaN before the first discriminator update)."""
     values = {k: policy[k] for k in POLICY_PROGRESS_KEYS + extra_policy_keys if k in policy}
+    # Per-key entropies, how often the policy paints and the value normalisation's statistics:
+    # what to look at first when a policy stops exploring or stops painting.
+    values.update({k: v for k, v in policy.items()
+                   if k.startswith("entropy/") or k in POLICY_DIAGNOSTIC_KEYS})
     values.update({"d_" + key: value for key, value in disc.items()})
     values["d_real"] = disc.get("critic_real", float("nan"))
     values["d_fake"] = disc.get("critic_fake", float("nan"))
