@@ -38,6 +38,9 @@ def fetch(urls: Sequence[str], dest: pathlib.Path, verify: Callable[[pathlib.Pat
     ``fix`` is appended to the error when every URL fails.
     """
     dest = pathlib.Path(dest)
+    # Folders made here are removed again when every URL fails: a mistyped data folder leaves
+    # nothing behind.
+    created = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -64,6 +67,11 @@ def fetch(urls: Sequence[str], dest: pathlib.Path, verify: Callable[[pathlib.Pat
             if part is not None:
                 part.unlink(missing_ok=True)
         print(f"spiral: {failures[-1]}", file=sys.stderr, flush=True)
+    for folder in created:   # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break
     tried = "\n  ".join(failures) if failures else "(no URL given)"
     raise DownloadError(f"could not download {dest.name} to {dest.parent}; tried:\n  {tried}\nFix: {fix}")
 

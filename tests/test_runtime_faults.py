@@ -486,7 +486,7 @@ def test_the_launch_script_reports_bad_flags_and_failed_runs_in_one_line(tmp_pat
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and len(errors) == 1, proc.stdout + proc.stderr
     assert "mnist data could not be loaded" in errors[0] and "Traceback" not in proc.stderr
-    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "b").exists() and not (tmp_path / "nodata").exists()
 
 
 def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_run_folder(
