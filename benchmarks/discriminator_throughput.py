@@ -94,9 +94,10 @@ def update_part(quick: bool, profile: bool = False, critic: str = "full") -> Non
                 if profile:   # forward, backward and the penalty's double backward
                     import xla_profile
                     compiled = learner._update.lower(learner.state, fake, real, targets).compile()
-                    table = xla_profile.op_table(compiled, one_update, group=lambda op, name: (
-                        xla_profile.direction(name), op))
-                    profiles.append((f"{label} {name}", table))
+                    table, coverage = xla_profile.op_table(compiled, one_update,
+                                                           group=lambda op, name: (
+                                                               xla_profile.direction(name), op))
+                    profiles.append((f"{label} {name}", table, coverage))
 
                 forward = jax.jit(networks.critic_forward)
                 _, weights = learner.publish()
@@ -108,8 +109,9 @@ def update_part(quick: bool, profile: bool = False, critic: str = "full") -> Non
                   f"| {update_s / forward_s:.1f} |", flush=True)
     if not gpus:
         print("| gpu | all | not measured: no GPU here | | | |")
-    for title, table in profiles:
-        print(f"\nWhere the update's time goes, {title} (XLA per-op times):\n")
+    for title, table, coverage in profiles:
+        print(f"\nWhere the update's time goes, {title} (XLA per-op times; the ops' events cover "
+              f"{coverage:.0%} of the wall time):\n")
         print("| direction | op | ms/update | share |\n|---|---|---:|---:|")
         for (direction, op), seconds, share in table[:6]:
             print(f"| {direction} | {op} | {1e3 * seconds:.1f} | {share:.0%} |")

@@ -11,8 +11,8 @@ Rows, each with its compile time (first call) and the card's name:
   updates/s and discriminator images/s.
 * fused runtime: the fused one-device step (JAX environments, rollout, rewards, policy update,
   discriminator update; ``spiral.actors.fused``) with the full network at B = 256, 1,024, 4,096,
-  agent steps/s, and each part's time run alone (rollout, policy update, discriminator update).
-  Target: >= 200k agent steps/s on one H100/H200.
+  agent steps/s, and at B = 4,096 each part's time run alone (rollout, policy update,
+  discriminator update). Target: >= 200k agent steps/s on one H100/H200.
 
 Everything is synthetic (random canvases, actions and real images): no dataset, no network, and
 no Ray (the GPU machine has a fresh ``pip install -e . --no-deps`` plus JAX and the numeric
@@ -164,15 +164,17 @@ def update_rows(sizes: Sizes) -> list[dict]:
     for dtype in sizes.dtypes:
         learner = PolicyLearner(config, PolicyLearnerConfig(compute_dtype=dtype))
         box = {"state": learner.state}
-        compiled = jax.jit(learner.update_step)
+        start = time.perf_counter()
+        compiled = jax.jit(learner.update_step).lower(learner.state, batch).compile()
+        compile_s = time.perf_counter() - start
 
         def run():
             box["state"], metrics = compiled(box["state"], batch)
             jax.block_until_ready(metrics["total_loss"])
 
-        compile_s = first_call(run)
+        run()
         seconds = timed(run, sizes.seconds)
-        flops = flops_of(compiled.lower(box["state"], batch).compile())
+        flops = flops_of(compiled)
         tflops = flops / seconds / 1e12
         share = (f"{100 * tflops * 1e12 / peak[0 if dtype == 'bfloat16' else 1]:.1f}% of peak"
                  if peak else "peak unknown")
@@ -225,16 +227,21 @@ def fused_rows(sizes: Sizes, budget_left) -> list[dict]:
         rng = np.random.default_rng(batch)
         real = rng.integers(0, 256, (max(batch, 64), 64, 64, 1), dtype=np.uint8)
         steps = max(3, int(sizes.seconds * 2))
-        result = fused_row(config, steps, breakdown=True, data=fused.FusedData(real, None))
+        # The parts alone at the largest batch only: each is one more compile of a large program
+        # (none in a dry run, which must stay short on a CPU).
+        largest = batch == max(sizes.fused_batches)
+        result = fused_row(config, steps, breakdown=largest and not sizes.dry_run,
+                           data=fused.FusedData(real, None))
         agent_steps = batch * (sizes.episode_length - 1)
+        notes = f"step {result['step_s']:.3f} s"
+        if "rollout_s" in result:
+            notes += (f" = rollout {result['rollout_s']:.3f} + update {result['update_s']:.3f} + "
+                      f"D {result['disc_s']:.3f} (each alone)")
         rows.append(dict(part="fused runtime", what=f"fused runtime, {sizes.network} net, B={batch}",
                          rate=agent_steps / result["step_s"], unit="agent steps/s",
                          compile_s=result["compile_s"],
-                         target=(sizes.target("fused runtime")
-                                 if batch == max(sizes.fused_batches) else None),
-                         notes=f"step {result['step_s']:.3f} s = rollout {result['rollout_s']:.3f} + "
-                               f"update {result['update_s']:.3f} + D {result['disc_s']:.3f} "
-                               f"(each alone)"))
+                         target=sizes.target("fused runtime") if largest else None,
+                         notes=notes))
     return rows
 
 

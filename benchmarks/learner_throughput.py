@@ -178,8 +178,10 @@ def bench_update(args):
                     box["state"], metrics = v["compiled"](box["state"], batch)
                     jax.block_until_ready(metrics)
 
-                print(f"\nB{b} {v['dtype']} {v['impl']}: where the update's time goes")
-                print("\n".join(xla_profile.summarise(xla_profile.op_table(v["compiled"], run), 12)))
+                table, coverage = xla_profile.op_table(v["compiled"], run)
+                print(f"\nB{b} {v['dtype']} {v['impl']}: where the update's time goes (the ops' "
+                      f"events cover {coverage:.0%} of the wall time)")
+                print("\n".join(xla_profile.summarise(table, 12)))
         del variants
     if not on_gpu:
         print("| GPU rows | not measured: no GPU here | | | | | | | | |")

@@ -16,6 +16,7 @@ import gzip
 import json
 import re
 import tempfile
+import time
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = [^ ]+ (\w[\w-]*)\(.*?op_name=\"([^\"]*)\"")
 
@@ -43,14 +44,17 @@ def layer(op_name: str, depth: int = 3) -> str:
     return "/".join(parts[:depth]) or "(other)"
 
 
-def op_times(run, calls: int) -> dict:
-    """Mean seconds per call of each op (trace event name) over ``calls`` calls of ``run``."""
+def op_times(run, calls: int) -> tuple[dict, float]:
+    """(mean seconds per call of each op (trace event name), wall seconds per call) over
+    ``calls`` calls of ``run``."""
     import jax
     folder = tempfile.mkdtemp(prefix="xla_profile_")
     run()  # outside the trace: nothing left to compile
     jax.profiler.start_trace(folder, create_perfetto_trace=True)
+    start = time.perf_counter()
     for _ in range(calls):
         run()
+    wall = (time.perf_counter() - start) / calls
     jax.profiler.stop_trace()
     files = sorted(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True))
     if not files:
@@ -61,23 +65,26 @@ def op_times(run, calls: int) -> dict:
     for event in events:
         if event.get("ph") == "X":
             totals[event["name"]] += event.get("dur", 0) * 1e-6 / calls
-    return totals
+    return totals, wall
 
 
 def op_table(compiled, run, calls: int = 3, group=lambda opcode, op_name: (
-        direction(op_name), layer(op_name), opcode)) -> list[tuple]:
-    """[(key, seconds per call, share of the ops' total)] sorted by time, grouped by ``group``.
+        direction(op_name), layer(op_name), opcode)) -> tuple[list[tuple], float]:
+    """([(key, seconds per call, share of the ops' total)] sorted by time, grouped by ``group``;
+    the fraction of the calls' wall time the ops' events cover).
 
-    Only the compiled module's own ops count (not Python dispatch or the executor's waits).
+    Only the compiled module's own ops count (not Python dispatch or the executor's waits). The
+    coverage is below 1 where XLA runs ops on its thread pool (all cores): the trace then times
+    a multi-threaded convolution by less than its span, so read the shares as indicative there.
     """
     labels = _labels(compiled.as_text())
-    totals = op_times(run, calls)
+    totals, wall = op_times(run, calls)
     grouped = collections.Counter()
     for name, seconds in totals.items():
         if name in labels:
             grouped[group(*labels[name])] += seconds
     total = sum(grouped.values()) or 1.0
-    return [(key, seconds, seconds / total) for key, seconds in grouped.most_common()]
+    return [(key, seconds, seconds / total) for key, seconds in grouped.most_common()], total / wall
 
 
 def summarise(rows, top: int = 12) -> list[str]:

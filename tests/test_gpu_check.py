@@ -22,7 +22,7 @@ def test_dry_run_measures_every_row_without_ray(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## other (benchmarks/other.py)\n\nkept\n")
     out = subprocess.run([sys.executable, "-c", NO_RAY, "--dry_run", "--results_file", str(results)],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = results.read_text()
     assert "## other (benchmarks/other.py)\n\nkept\n" in text
@@ -36,7 +36,6 @@ def test_dry_run_measures_every_row_without_ray(tmp_path):
     for row in rows:
         rate = row.split(" | ")[1]
         assert float(rate.split()[0].replace(",", "")) > 0, row
-    assert "rollout" in text and "update" in text
 
 
 def test_runs_append_under_their_section(tmp_path):
