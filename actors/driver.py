@@ -356,8 +356,11 @@ class DistributedRuntime:
         report.values = self._values()
         return report
 
-    def flush(self) -> StepReport:
+    def flush(self, final: bool = False) -> StepReport:
         report = StepReport()
+        if final:   # the run ends: stop acting (unrolls in flight would never be learned)
+            for actor in self.actors:
+                self.be.kill(actor, no_restart=True)
         self._finish_updates(report, keep=0)
         self._finish_disc(report)
         report.values = self._values()

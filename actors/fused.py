@@ -541,7 +541,8 @@ class FusedRuntime:
             self._record(report)
         return report
 
-    def flush(self) -> StepReport:
+    def flush(self, final: bool = False) -> StepReport:
+        del final  # nothing acts between steps
         report = StepReport()
         if self.pending is not None:
             self._record(report)

@@ -411,7 +411,7 @@ class RunLoop:
                         self._checkpoint(runtime, monitor, final=False)
                         last_save = time.monotonic()
                 interrupted = signals.received
-                self._account(runtime.flush(), time.monotonic())
+                self._account(runtime.flush(final=True), time.monotonic())
                 self.counters.elapsed_s = self._elapsed()
                 final_values = self._values(time.monotonic())
                 monitor.progress(self.counters.updates, final_values, force=True)

@@ -31,6 +31,39 @@ def tiny_values(tmp_path, **overrides):
     return launch_flags.default_values("mnist", **values)
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process started, directly or not, by process ``pid``."""
+    children = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(p))
+        except (OSError, IndexError, ValueError):
+            pass
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def worker_pids(title: str) -> list[int]:
+    """This test process's Ray workers whose command line starts with ``title`` (Ray names a
+    worker ``ray::<Class>``); never another process's on a shared machine."""
+    pids = []
+    for pid in sorted(descendants(os.getpid())):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().startswith(title.encode()):
+                    pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
 def tiny_config(tmp_path, **overrides):
     return launch_flags.config_from_values(tiny_values(tmp_path, **overrides))
 
@@ -147,21 +180,10 @@ def test_a_killed_actor_is_restarted_and_the_run_finishes(data_dir, tmp_path, ra
     """Kill one actor's process (SIGKILL) mid-run: Ray restarts it and the run still completes."""
     killed = []
 
-    def actor_pids():
-        pids = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read().startswith(b"ray::ActorWorker"):
-                        pids.append(int(pid))
-            except OSError:
-                pass
-        return pids
-
     def killer():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
-            pids = actor_pids()
+            pids = worker_pids("ray::ActorWorker")
             if pids and os.path.isdir(tmp_path / "run" / "tb"):
                 time.sleep(3.0)  # let it paint a few unrolls first
                 os.kill(pids[0], 9)

@@ -25,7 +25,7 @@ from spiral.actors.runtime import RunError
 from spiral.actors.workers import PolicyLearnerWorker
 from spiral.launch import flags as launch_flags
 from spiral.learner import Hyperparams
-from test_runtime_e2e import tiny_config, tiny_values
+from test_runtime_e2e import descendants, tiny_config, tiny_values, worker_pids
 
 
 class Lines(list):
@@ -46,19 +46,6 @@ class Lines(list):
 
 def _tree_leaves(path):
     return jax.tree.leaves(checkpointing.restore_tree(path))
-
-
-def _pids_of(title: str) -> list[int]:
-    """Processes whose command line starts with ``title`` (Ray names its workers ray::Class)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read().startswith(title.encode()):
-                    pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
 
 
 @pytest.fixture
@@ -96,14 +83,14 @@ def test_killed_learners_and_parameter_server_come_back_and_the_run_finishes(
     killed = []
 
     def kill(title):
-        pids = _pids_of(title)
+        pids = worker_pids(title)
         assert pids, f"no {title} process"
         os.kill(pids[0], signal.SIGKILL)
         killed.append(title)
 
     def injector():
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not _pids_of("ray::ActorWorker"):
+        while time.monotonic() < deadline and not worker_pids("ray::ActorWorker"):
             time.sleep(0.5)
         time.sleep(4.0)   # a few updates first
         kill("ray::ParameterServer")
@@ -181,24 +168,6 @@ def _launch(args, **kwargs):
                             start_new_session=True, **kwargs)
 
 
-def _descendants(pid: int) -> set[int]:
-    children = {}
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(p))
-        except (OSError, IndexError, ValueError):
-            pass
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -219,7 +188,7 @@ def test_ctrl_c_checkpoints_stops_every_process_and_resume_continues(data_dir, t
     deadline = time.monotonic() + 300
     for line in proc.stdout:
         output.append(line)
-        ray_pids |= _descendants(proc.pid)
+        ray_pids |= descendants(proc.pid)
         if "| upd " in line and int(line.split("| upd ")[1].split()[0].replace(",", "")) >= 3:
             break
         assert time.monotonic() < deadline, "".join(output)
