@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-IMAGE_SIZE = 64  # canvases and real images are 64x64 (SPIRAL.md §1).
+IMAGE_SIZE = 64  # canvases and real images are 64x64 (SPIRAL.md §1); the default image_size.
+IMAGE_SIZES = (16, 32, 64)
 
 LOSSES = ("wgan_gp", "sngan")
 SNGAN_REWARDS = ("log_sigmoid", "logit")
@@ -28,6 +29,9 @@ class DiscriminatorConfig:
       complement: SPIRAL++'s complement discriminator (implies a conditional input): the pair is
         ((1-m)·target, m·canvas) for a random half mask m.
       channels: output channels of the four Conv 4x4 stride-2 layers (SPIRAL.md §3).
+      image_size: width of the square images scored: 64 (SPIRAL), or the narrower observation of a
+        reduced CPU run (32, 16), where the critic sees what the agent sees and the real images are
+        area-averaged to that width. The four stride-2 layers end at image_size/16.
       leaky_relu_slope: slope of LeakyReLU for negative inputs.
       spectral_norm: normalise every layer's weight by its largest singular value (Miyato et al.
         2018). None means "on for sngan, off for wgan_gp".
@@ -59,6 +63,7 @@ class DiscriminatorConfig:
     conditional: bool = False
     complement: bool = False
     channels: tuple[int, ...] = (64, 128, 256, 512)
+    image_size: int = IMAGE_SIZE
     leaky_relu_slope: float = 0.2
     spectral_norm: Optional[bool] = None
     gp_weight: float = 1.0
@@ -82,6 +87,9 @@ class DiscriminatorConfig:
                              "scores (target, canvas) halves, so it needs targets.")
         if len(self.channels) != 4 or min(self.channels) < 1:
             raise ValueError(f"channels must be four positive layer widths (64x64 → 4x4), got {self.channels}.")
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size must be one of {IMAGE_SIZES} (the critic's four stride-2 "
+                             f"layers halve it), got {self.image_size}.")
         if self.sngan_reward not in SNGAN_REWARDS:
             raise ValueError(f"sngan_reward must be one of {SNGAN_REWARDS}, got {self.sngan_reward!r}.")
         for name in ("gp_weight", "gp_target", "mean_penalty", "learning_rate"):

@@ -27,18 +27,19 @@ from spiral.envs.levels import quantise
 NUM_HALF_MASKS = 4  # left, right, top, bottom.
 
 
-def check_images(images, name: str, channels: Optional[int] = None) -> None:
-    """Raises a clear error unless ``images`` is [N, 64, 64, C] uint8, or float32 in [0, 1].
+def check_images(images, name: str, channels: Optional[int] = None, size: int = IMAGE_SIZE) -> None:
+    """Raises a clear error unless ``images`` is [N, size, size, C] uint8, or float32 in [0, 1].
 
     Shape and dtype are checked always (also on tracers, at trace time); the value range only on
     concrete arrays, since a jitted function cannot raise on data.
     """
     if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-        raise TypeError(f"{name} must be an array [N, {IMAGE_SIZE}, {IMAGE_SIZE}, C], got {type(images).__name__}.")
+        raise TypeError(f"{name} must be an array [N, {size}, {size}, C], got {type(images).__name__}.")
     shape = tuple(images.shape)
-    if len(shape) != 4 or shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"{name} must have shape [N, {IMAGE_SIZE}, {IMAGE_SIZE}, C], got {shape}; "
-                         f"add a batch axis for one image, resize other sizes to {IMAGE_SIZE}x{IMAGE_SIZE}.")
+    if len(shape) != 4 or shape[1:3] != (size, size):
+        raise ValueError(f"{name} must have shape [N, {size}, {size}, C] (the critic's image_size), "
+                         f"got {shape}; add a batch axis for one image, resize other sizes to "
+                         f"{size}x{size}.")
     if channels is not None and shape[3] != channels:
         raise ValueError(f"{name} must have {channels} channel(s) (the config's image_channels), got {shape[3]}.")
     if shape[3] not in (1, 3):

@@ -83,7 +83,8 @@ def _pairs(config: DiscriminatorConfig, fake, real, targets, rng):
     if real.shape != fake.shape:
         raise ValueError(f"real and fake batches must have the same shape (the gradient penalty pairs "
                          f"them), got {tuple(real.shape)} and {tuple(fake.shape)}.")
-    masks = inputs_lib.random_half_masks(rng, fake.shape[0]) if config.complement else None
+    masks = (inputs_lib.random_half_masks(rng, fake.shape[0], config.image_size)
+             if config.complement else None)
     real_inputs = inputs_lib.critic_input(real, real, masks, config)
     fake_inputs = inputs_lib.critic_input(fake, targets, masks, config)
     return real_inputs, fake_inputs
@@ -177,11 +178,11 @@ class DiscriminatorLearner:
     def update(self, fake, real=None, targets=None) -> dict:
         """One update on validated host batches; returns the metrics as jax scalars (not synced)."""
         channels = self.config.image_channels
-        inputs_lib.check_images(fake, "fake", channels)
+        inputs_lib.check_images(fake, "fake", channels, self.config.image_size)
         if real is not None:
-            inputs_lib.check_images(real, "real", channels)
+            inputs_lib.check_images(real, "real", channels, self.config.image_size)
         if targets is not None:
-            inputs_lib.check_images(targets, "targets", channels)
+            inputs_lib.check_images(targets, "targets", channels, self.config.image_size)
         self._state, metrics = self._update(self._state, fake, real, targets)
         return metrics
 

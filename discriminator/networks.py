@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from spiral.discriminator.config import IMAGE_SIZE, DiscriminatorConfig
+from spiral.discriminator.config import DiscriminatorConfig
 
 Params = dict  # {"conv_i": {"kernel": [4, 4, in, out], "bias": [out]}, "linear": {...}}
 Spectral = dict  # {"conv_i": u [out], "linear": u [1]}; empty without spectral normalisation.
@@ -42,7 +42,7 @@ def layer_names(config: DiscriminatorConfig) -> tuple[str, ...]:
 def layer_shapes(config: DiscriminatorConfig) -> dict[str, tuple[int, ...]]:
     """Kernel shape of each layer: conv [4, 4, in, out], then linear [4·4·512, 1]."""
     widths = (config.input_channels,) + config.channels
-    final_size = IMAGE_SIZE // STRIDE ** len(config.channels)
+    final_size = config.image_size // STRIDE ** len(config.channels)
     shapes = {f"conv_{i}": (KERNEL_SIZE, KERNEL_SIZE, widths[i], widths[i + 1])
               for i in range(len(config.channels))}
     shapes["linear"] = (final_size * final_size * config.channels[-1], 1)

@@ -22,7 +22,8 @@ from spiral.discriminator.config import IMAGE_SIZE, DiscriminatorConfig
 class Replay:
     """Bounded, uniform replay of final canvases (and their targets when conditional)."""
 
-    def __init__(self, capacity: int, image_channels: int = 1, conditional: bool = False, seed: int = 0):
+    def __init__(self, capacity: int, image_channels: int = 1, conditional: bool = False, seed: int = 0,
+                 image_size: int = IMAGE_SIZE):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}.")
         if image_channels not in (1, 3):
@@ -30,7 +31,8 @@ class Replay:
         self.capacity = int(capacity)
         self.image_channels = int(image_channels)
         self.conditional = bool(conditional)
-        shape = (self.capacity, IMAGE_SIZE, IMAGE_SIZE, self.image_channels)
+        self.image_size = int(image_size)
+        shape = (self.capacity, self.image_size, self.image_size, self.image_channels)
         self._canvases = np.zeros(shape, np.uint8)
         self._targets = np.zeros(shape, np.uint8) if self.conditional else None
         self._size = 0
@@ -41,7 +43,8 @@ class Replay:
 
     @classmethod
     def from_config(cls, config: DiscriminatorConfig, seed: int = 0) -> "Replay":
-        return cls(config.replay_capacity, config.image_channels, config.conditional, seed)
+        return cls(config.replay_capacity, config.image_channels, config.conditional, seed,
+                   config.image_size)
 
     def __len__(self) -> int:
         return self._size
@@ -57,11 +60,11 @@ class Replay:
 
     def add(self, canvases, targets=None) -> None:
         """Copies final canvases [N, 64, 64, C] (uint8, or float32 in [0, 1]) into the buffer."""
-        inputs_lib.check_images(canvases, "canvases", self.image_channels)
+        inputs_lib.check_images(canvases, "canvases", self.image_channels, self.image_size)
         if self.conditional:
             if targets is None:
                 raise ValueError("This replay is conditional: pass the targets the canvases were painted from.")
-            inputs_lib.check_images(targets, "targets", self.image_channels)
+            inputs_lib.check_images(targets, "targets", self.image_channels, self.image_size)
             if len(targets) != len(canvases):
                 raise ValueError(f"canvases and targets must be as many, got {len(canvases)} and {len(targets)}.")
         elif targets is not None:

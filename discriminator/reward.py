@@ -59,7 +59,7 @@ def canvas_scores(weights: networks.Params, canvases, targets=None, *,
 
     if config.complement:
         count = canvases.shape[0]
-        masks = inputs_lib.half_masks()                        # [4, 64, 64, 1]
+        masks = inputs_lib.half_masks(config.image_size)       # [4, S, S, 1]
         per_mask = jax.vmap(lambda m: inputs_lib.critic_input(
             canvases, targets, jnp.broadcast_to(m, (count,) + m.shape), config))(masks)
         scores = critic(per_mask.reshape((-1,) + per_mask.shape[2:])).reshape(masks.shape[0], count)
@@ -195,18 +195,18 @@ def make_episode_reward_fn(config: DiscriminatorConfig, mode: str = "final", dev
 
 def _check_pair(canvases, targets, config: DiscriminatorConfig, episode: bool) -> None:
     """Host-side validation of the reward inputs, with errors that name the fix."""
-    channels = config.image_channels
+    channels, size = config.image_channels, config.image_size
     if episode:
         shape = tuple(getattr(canvases, "shape", ()))
         if len(shape) != 5:
             raise ValueError(f"episode canvases must be [T+1, B, 64, 64, C], got shape {shape}.")
-        inputs_lib.check_images(canvases.reshape((-1,) + shape[2:]), "canvases", channels)
+        inputs_lib.check_images(canvases.reshape((-1,) + shape[2:]), "canvases", channels, size)
         batch = shape[1]
     else:
-        inputs_lib.check_images(canvases, "canvases", channels)
+        inputs_lib.check_images(canvases, "canvases", channels, size)
         batch = canvases.shape[0]
     if targets is not None:
-        inputs_lib.check_images(targets, "targets", channels)
+        inputs_lib.check_images(targets, "targets", channels, size)
         if targets.shape[0] != batch:
             raise ValueError(f"targets must be one per episode/canvas ({batch}), got {targets.shape[0]}.")
     elif config.conditional:

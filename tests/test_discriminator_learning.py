@@ -109,6 +109,21 @@ def test_sngan_discriminator_separates_mnist_from_blank_and_noise(mnist):
     assert held_out_accuracy(control, held_out_digits, held_out_fakes) < 0.95
 
 
+def test_a_critic_at_the_observation_width_separates_mnist_and_rejects_other_widths(mnist):
+    """Reduced CPU runs score the 32×32 canvases the agent observes: the critic, its replay and its
+    reward work at that width (digits area-averaged, as the runtimes make them)."""
+    from spiral.envs.levels import area_downsample, quantise
+    config = SNGAN.small(image_size=32)
+    train_digits, held_out_digits = (area_downsample(quantise(d), 32) for d in mnist)
+    blank = np.full((config.replay_capacity, 32, 32, 1), BLANK, np.uint8)
+    learner = train(config, train_digits, blank, steps=100)
+    assert held_out_accuracy(learner, held_out_digits, blank[:1]) >= 0.95
+    with pytest.raises(ValueError, match=r"\[N, 32, 32, C\] \(the critic's image_size\)"):
+        learner.update(blank_canvases(config.batch_size), train_digits[:config.batch_size])
+    with pytest.raises(ValueError, match="image_size must be one of"):
+        DiscriminatorConfig(image_size=48)
+
+
 def test_update_step_is_pure_and_runs_inside_an_outer_jit():
     """What the fused runtime does: several updates in one jitted lax.scan, same as one by one."""
     config = WGAN.small(conditional=True, complement=True, batch_size=8)

@@ -35,12 +35,15 @@ def reference_critic(weights, images, slope=0.2):
     return h.reshape(h.shape[0], -1) @ np.asarray(linear["kernel"], np.float64)[:, 0] + float(linear["bias"][0])
 
 
-@pytest.mark.parametrize("config", [SMALL, SMALL.small(conditional=True)], ids=["uncond", "cond"])
+@pytest.mark.parametrize("config", [SMALL, SMALL.small(conditional=True), SMALL.small(image_size=32),
+                                    SMALL.small(image_size=16, conditional=True)],
+                         ids=["uncond", "cond", "uncond32", "cond16"])
 def test_critic_matches_explicit_numpy_network(config):
     params, _ = networks.init_critic(jax.random.PRNGKey(0), config)
     # Non-zero biases so that the bias path is checked too.
     params = jax.tree_util.tree_map(lambda a: a + 0.05 if a.ndim == 1 else a, params)
-    images = np.random.default_rng(0).random((3, 64, 64, config.input_channels), dtype=np.float32)
+    size = config.image_size
+    images = np.random.default_rng(0).random((3, size, size, config.input_channels), dtype=np.float32)
     got = np.asarray(jax.jit(networks.critic_forward)(params, images))
     want = reference_critic(params, images)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
