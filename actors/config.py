@@ -217,9 +217,10 @@ class ExperimentConfig:
             raise ValueError(f"The discriminator (channels {disc.image_channels}, conditional "
                              f"{disc.conditional}) does not match the environment (channels "
                              f"{env.channels}, conditional {env.conditional}).")
-        if self.reward == "discriminator" and self.observation_width != 64:
-            raise ValueError(f"The discriminator scores 64×64 canvases; an observation width of "
-                             f"{self.observation_width} only works with --reward=l2.")
+        if self.reward == "discriminator" and disc.image_size != self.observation_width:
+            raise ValueError(f"The discriminator scores the canvases the agent observes: its "
+                             f"image_size ({disc.image_size}) must equal the observation width "
+                             f"({self.observation_width}).")
 
     @property
     def observation_width(self) -> int:

@@ -85,7 +85,7 @@ class FusedReplay(NamedTuple):
 
 class FusedData(NamedTuple):
     """The dataset on the device as uint8 levels (k means k/255). Constant during a run."""
-    real: Optional[jax.Array]     # [N, 64, 64, C]: unconditional discriminator's real images
+    real: Optional[jax.Array]     # [N, S, S, C]: unconditional critic's real images (S = its image_size)
     targets: Optional[jax.Array]  # [N, ow, ow, C]: conditional targets (and the conditional D's reals)
 
 
@@ -101,8 +101,9 @@ class FusedState(NamedTuple):
     data: FusedData
 
 
-def replay_init(capacity: int, channels: int, conditional: bool) -> FusedReplay:
-    shape = (capacity, IMAGE_SIZE, IMAGE_SIZE, channels)
+def replay_init(capacity: int, channels: int, conditional: bool,
+                image_size: int = IMAGE_SIZE) -> FusedReplay:
+    shape = (capacity, image_size, image_size, channels)
     return FusedReplay(jnp.zeros(shape, jnp.uint8),
                        jnp.zeros(shape, jnp.uint8) if conditional else None,
                        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
@@ -263,7 +264,7 @@ def make_parts(config) -> FusedParts:
         if uses_disc:
             disc = disc_learning.init_state(disc_config, seed_key)
             replay = replay_init(disc_config.replay_capacity, disc_config.image_channels,
-                                 disc_config.conditional)
+                                 disc_config.conditional, disc_config.image_size)
         return FusedState(policy, disc, replay, data)
 
     return FusedParts(agent, rollout, policy_update, disc_update,

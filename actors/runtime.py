@@ -73,7 +73,7 @@ class Runtime(Protocol):
 
 class RunData(NamedTuple):
     """The dataset as the runtimes use it, loaded once before anything starts."""
-    images: np.ndarray             # uint8 levels [N, 64, 64, C]: the discriminator's real images
+    images: np.ndarray             # uint8 levels [N, S, S, C]: the critic's real images (S: its image_size)
     targets: Optional[np.ndarray]  # uint8 levels [N, ow, ow, C] (conditional), else None
 
 
@@ -92,7 +92,8 @@ def load_run_data(config, split: str = "train") -> RunData:
     targets = None
     if config.env.conditional:
         targets = levels.area_downsample(images, config.observation_width)
-    return RunData(images, targets)
+    # The critic scores what the agent observes: real images at its width, made like the targets.
+    return RunData(levels.area_downsample(images, config.discriminator.image_size), targets)
 
 
 def check_local_gpu(num_gpus: float) -> None:

@@ -83,6 +83,7 @@ NOT_FLAGS = {
     "policy.clip_c_threshold": _SPIRALS_VALUE,
     "policy.value_std_min": "a numerical floor, not a setting",
     "discriminator.image_channels": "follows --use_color",
+    "discriminator.image_size": "follows --observation_width (the critic scores what the agent sees)",
     "discriminator.conditional": "follows --conditional",
     "discriminator.channels": "follows --disc_network",
     "discriminator.leaky_relu_slope": _SPIRALS_VALUE, "discriminator.spectral_norm": _SPIRALS_VALUE,
@@ -282,6 +283,7 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
                         use_pressure=env.use_pressure, conditional=env.conditional,
                         **AGENT_SIZES[values["network"]])
     disc = DiscriminatorConfig(image_channels=env.channels, conditional=env.conditional,
+                               image_size=env.observation_width,
                                channels=DISC_SIZES[values["disc_network"]],
                                **sections["discriminator"])
     return ExperimentConfig(env=env, agent=agent, policy=PolicyLearnerConfig(**sections["policy"]),
