@@ -42,7 +42,8 @@ from spiral.actors.runtime import RunError, StepReport, load_run_data
 # Config fields that must equal the checkpoint's to resume from it: the task, the networks and
 # the reward. Anything else may change and is then applied (and printed).
 MUST_MATCH = ("dataset", "reward", "normalise_l2", "temporal_credit_assignment", "env", "agent",
-              "discriminator.loss", "discriminator.image_channels", "discriminator.conditional",
+              "discriminator.loss", "discriminator.image_channels", "discriminator.image_size",
+              "discriminator.conditional",
               "discriminator.complement", "discriminator.channels",
               "discriminator.leaky_relu_slope", "discriminator.spectral_norm",
               "discriminator.sngan_reward")
