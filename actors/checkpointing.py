@@ -101,11 +101,15 @@ def _file_digests(folder: str) -> dict[str, str]:
 
 
 def save_checkpoint(checkpoint_dir: str, step: int, config_dict: dict, counters: dict,
-                    trees: Mapping[str, Any], keep: int = 3) -> str:
+                    trees: Mapping[str, Any], keep: int = 3,
+                    linked: Optional[Mapping[str, str]] = None) -> str:
     """Write one checkpoint for ``step`` policy updates; returns its path.
 
     ``trees``: name -> pytree of arrays (``None`` values are skipped), e.g. ``{"policy": ...,
-    "discriminator": ..., "replay": ...}``. Raises ``CheckpointWriteError`` (an ``OSError``) when
+    "discriminator": ..., "replay": ...}``. ``linked``: name -> a tree already saved in another
+    checkpoint (its folder), whose files are hard-linked in rather than written again (copied
+    where the file system refuses links): a population member's own checkpoint folder shares
+    its files with the population's checkpoint. Raises ``CheckpointWriteError`` (an ``OSError``) when
     the save cannot be written, whatever layer failed (orbax reports I/O errors as
     ``ValueError``); earlier checkpoints are untouched then.
     """
@@ -118,6 +122,8 @@ def save_checkpoint(checkpoint_dir: str, step: int, config_dict: dict, counters:
         for name, tree in trees.items():
             if tree is not None:
                 _save_tree(os.path.join(tmp, name), tree)
+        for name, source in (linked or {}).items():
+            shutil.copytree(source, os.path.join(tmp, name), copy_function=_link_or_copy)
         info = {"config": config_dict, "counters": _plain(counters), "files": _file_digests(tmp)}
         with open(os.path.join(tmp, RUN_FILE), "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
@@ -138,6 +144,13 @@ def save_checkpoint(checkpoint_dir: str, step: int, config_dict: dict, counters:
     for stale in list_checkpoints(checkpoint_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def list_checkpoints(checkpoint_dir: str) -> list[str]:

@@ -37,7 +37,8 @@ class RuntimeConfig:
       ray_address: None starts a local Ray on this machine; "auto" joins the cluster it runs on.
       ray_num_cpus: CPUs the local Ray may schedule (0: this machine's count). More than the cores
         oversubscribes them deliberately (e.g. 2 actors and the learners on a 2-core laptop).
-      num_actors: Ray actors (one CPU core each) painting with the numba engine.
+      num_actors: Ray actors (one CPU core each) painting with the numba engine (each member of a
+        population has its own).
       envs_per_actor: environments per actor, stepped together with one batched policy call.
       batch_size: episodes per policy update (a multiple of envs_per_actor).
       queue_capacity: unrolls outstanding at once (0: twice the unrolls of one batch, at least
@@ -53,7 +54,8 @@ class RuntimeConfig:
         discriminator, just before the update). Per-step TCA rewards score every canvas of an
         episode: with the paper's critic that is ~5 ms per canvas on one CPU core, about 70% of an
         actor's time (benchmarks/RESULTS.md, discriminator_throughput), and cheap on a GPU.
-      max_updates: stop after this many policy updates (0: no limit).
+      max_updates: stop after this many policy updates (0: no limit); in a population, policy
+        updates of each member.
       max_minutes: stop after this much training time (0: no limit).
       num_gpus: GPUs for the two learners: 0 (CPU), a fraction or 1 (shared), 2 (one each).
       seed: seeds parameters, environments and sampling.
@@ -152,6 +154,65 @@ class RuntimeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PopulationConfig:
+    """Population-based training (``spiral.actors.population``): policy learners sharing one critic.
+
+    PBT evolves each member's learning rate and global entropy cost (which scales every per-key
+    entropy weight; the weights themselves are part of the compiled update and stay fixed).
+    With a population, ``--learning_rate`` and ``--entropy_cost`` are not used: the members'
+    initial values are drawn from the ranges below.
+
+    Attributes:
+      size: policy learners in the population, each with its own actors and parameter stream,
+        all rewarded by one shared discriminator (1: a single run, no population).
+      ready_every_updates: a PBT round every this many policy updates of each member: the
+        bottom members copy top ones and perturb their hyperparameters (0: never, the members
+        then train independently beside the shared critic).
+      learning_rate_range: (min, max) learning rate: initial values log-uniform in it, perturbed
+        values clipped to it (SPIRAL: 1e-5 .. 3e-4).
+      entropy_cost_range: (min, max) entropy cost, drawn and clipped the same way (SPIRAL:
+        2e-3 .. 1e-1).
+      truncation: fraction of the population in the bottom (members that copy) and in the top
+        (members that are copied) at each round; at least one member each.
+      perturb_factors: an exploiting member multiplies each copied hyperparameter by one of these,
+        picked at random.
+      fitness_episodes: a member's fitness is the mean score, by the critic of the moment (or
+        the normalised L2 reward), of its newest episodes: at least this many (whole batches).
+    """
+
+    size: int = 1
+    ready_every_updates: int = 100
+    learning_rate_range: tuple[float, float] = (1e-5, 3e-4)
+    entropy_cost_range: tuple[float, float] = (2e-3, 1e-1)
+    truncation: float = 0.2
+    perturb_factors: tuple[float, ...] = (0.8, 1.25)
+    fitness_episodes: int = 64
+
+    def __post_init__(self):
+        object.__setattr__(self, "learning_rate_range", tuple(self.learning_rate_range))
+        object.__setattr__(self, "entropy_cost_range", tuple(self.entropy_cost_range))
+        object.__setattr__(self, "perturb_factors", tuple(self.perturb_factors))
+        if self.size < 1:
+            raise ValueError(f"--population_size must be >= 1, got {self.size}.")
+        if self.ready_every_updates < 0:
+            raise ValueError(f"--pbt_ready_every_updates must be >= 0 (0: no PBT rounds), got "
+                             f"{self.ready_every_updates}.")
+        for name in ("learning_rate_range", "entropy_cost_range"):
+            value = getattr(self, name)
+            if len(value) != 2 or not 0 < value[0] <= value[1]:
+                raise ValueError(f"--pbt_{name} must be two numbers min,max with 0 < min <= max, "
+                                 f"got {value}.")
+        if not 0 < self.truncation <= 0.5:
+            raise ValueError(f"--pbt_truncation must be in (0, 0.5] (the bottom and the top may not "
+                             f"overlap), got {self.truncation}.")
+        if not self.perturb_factors or any(not f > 0 for f in self.perturb_factors):
+            raise ValueError(f"--pbt_perturb_factors must be positive numbers, got "
+                             f"{self.perturb_factors}.")
+        if self.fitness_episodes < 1:
+            raise ValueError(f"--pbt_fitness_episodes must be >= 1, got {self.fitness_episodes}.")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one training run needs. See each component's config for its fields.
 
@@ -182,6 +243,7 @@ class ExperimentConfig:
     policy: PolicyLearnerConfig = PolicyLearnerConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     runtime: RuntimeConfig = RuntimeConfig(max_updates=1)
+    population: PopulationConfig = PopulationConfig()
 
     def __post_init__(self):
         for path, value in non_finite_numbers(self):
@@ -200,6 +262,13 @@ class ExperimentConfig:
             raise ValueError("Set the L2 reward with ExperimentConfig.reward='l2', not "
                              "PaintConfig.l2_reward: the actors compute every reward.")
         self.policy.check_entropy_keys(agent.action_keys)
+        if self.population.size > 1:
+            if self.runtime.runtime == "fused":
+                raise ValueError("The fused runtime trains one policy: --population_size > 1 needs "
+                                 "--runtime=ray or --runtime=local.")
+            if not self.runtime.run_dir and (self.runtime.logdir or self.runtime.checkpoint_dir):
+                raise ValueError("A population writes each member's logs and checkpoints in "
+                                 "<run_dir>/<member>: set --run_dir.")
         if disc.complement and not env.conditional:
             raise ValueError("--complement_discriminator needs --conditional (it masks halves of the "
                              "target).")

@@ -46,7 +46,7 @@ from spiral.actors.parameter_server import ParameterServer
 from spiral.actors.runtime import (RunData, RunError, RuntimeState, StepReport, check_local_gpu,
                                    restore_part, restore_replay)
 from spiral.actors.trajectory_queue import TrajectoryQueue
-from spiral.actors.workers import (SINGLE_THREAD_ENV, ActorWorker, DiscriminatorWorker,
+from spiral.actors.workers import (POLICY, SINGLE_THREAD_ENV, ActorWorker, DiscriminatorWorker,
                                    PolicyLearnerWorker, make_backend)
 
 # A learner restarted this many times in a row without finishing an update is not recovering.
@@ -90,10 +90,11 @@ def init_ray(config) -> None:
             raise RunError(f"cannot join Ray at --ray_address={rt.ray_address}: {e}") from None
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    needed_cpus = rt.num_actors + learner_cpus(config)
+    actors = rt.num_actors * config.population.size
+    needed_cpus = actors + learner_cpus(config)
     if needed_cpus > cpus:
         raise RunError(
-            f"{rt.num_actors} actors (1 CPU each) and the learners ({learner_cpus(config)} CPU) need "
+            f"{actors} actors (1 CPU each) and the learners ({learner_cpus(config)} CPU) need "
             f"{needed_cpus:g} CPUs but the Ray cluster has {cpus:g}. Lower --num_actors, or (local Ray "
             f"only) raise --ray_num_cpus to oversubscribe the cores deliberately.")
     if rt.num_gpus > gpus:
@@ -102,8 +103,9 @@ def init_ray(config) -> None:
 
 
 def learner_cpus(config) -> float:
-    """CPU reservation of the two learner workers: none with GPUs, one core between them without."""
-    return 0.0 if config.runtime.num_gpus > 0 else 1.0
+    """CPU reservation of the learner workers: none with GPUs; without, half a core each (one
+    core for a policy learner and the discriminator, more for a population's learners)."""
+    return 0.0 if config.runtime.num_gpus > 0 else 0.5 * (config.population.size + 1)
 
 
 def _learner_env(share: float) -> dict:
@@ -129,8 +131,18 @@ class DistributedRuntime:
     """Actors, the two learners and the parameter server, on Ray or in this process."""
 
     def __init__(self, config, data: RunData, say: Callable[[str], None],
-                 policy_learner_worker: type = PolicyLearnerWorker):
+                 policy_learner_worker: type = PolicyLearnerWorker,
+                 join: Optional["DistributedRuntime"] = None, policy_stream: str = POLICY,
+                 recent_batches: int = 0):
+        """``join``: another runtime whose parameter server, discriminator and targets this one
+        shares (a member of a population, ``spiral.actors.population``): it runs its own policy
+        learner and actors only, and ``join`` trains, checkpoints and closes the shared parts.
+        ``policy_stream``: the name its policy is published under. ``recent_batches``: how many
+        of the newest batches' trajectory references ``self.recent_batches`` keeps."""
         self.config, self.say = config, say
+        self.joined = join is not None
+        self.policy_stream = policy_stream
+        self.recent_batches: collections.deque = collections.deque(maxlen=recent_batches)
         rt = config.runtime
         self.be = be = make_backend(rt.runtime)
         self.on_ray = rt.runtime == "ray"
@@ -142,18 +154,24 @@ class DistributedRuntime:
         self.keep_states = self.on_ray
         restarts = -1 if self.on_ray else 0
         policy_gpu, disc_gpu = rt.learner_gpus()
-        learner_cpu = learner_cpus(config) / 2
-        self.param_server = be.create(ParameterServer, num_cpus=0, max_restarts=restarts)
-        self.disc = None
-        if config.uses_discriminator:
-            self.disc = be.create(DiscriminatorWorker, config, self.param_server,
-                                  [be.put(data.images)], rt.runtime, num_cpus=learner_cpu,
-                                  num_gpus=disc_gpu, max_restarts=restarts,
-                                  runtime_env={"env_vars": _learner_env(disc_gpu)})
+        policy_gpu /= config.population.size   # a population's policy learners share its share
+        learner_cpu = learner_cpus(config) / (config.population.size + 1)
+        if join is not None:
+            self.param_server, self.disc, self._targets_ref = (join.param_server, join.disc,
+                                                               join._targets_ref)
+        else:
+            self.param_server = be.create(ParameterServer, num_cpus=0, max_restarts=restarts)
+            self.disc = None
+            if config.uses_discriminator:
+                self.disc = be.create(DiscriminatorWorker, config, self.param_server,
+                                      [be.put(data.images)], rt.runtime, num_cpus=learner_cpu,
+                                      num_gpus=disc_gpu, max_restarts=restarts,
+                                      runtime_env={"env_vars": _learner_env(disc_gpu)})
+            self._targets_ref = None if data.targets is None else [be.put(data.targets)]
         self.learner = be.create(policy_learner_worker, config, self.param_server, rt.runtime,
-                                 num_cpus=learner_cpu, num_gpus=policy_gpu, max_restarts=restarts,
+                                 policy_stream, num_cpus=learner_cpu, num_gpus=policy_gpu,
+                                 max_restarts=restarts,
                                  runtime_env={"env_vars": _learner_env(policy_gpu)})
-        self._targets_ref = None if data.targets is None else [be.put(data.targets)]
         self.actors: list = []
         self.queue: Optional[TrajectoryQueue] = None
         self._first_unrolls = [0] * rt.num_actors
@@ -167,8 +185,8 @@ class DistributedRuntime:
         self._disc_future = None     # (result ref, number of updates)
         self._restarts_in_a_row = {"policy": 0, "disc": 0}
         self._policy_state = self.learner.get_state.remote() if self.keep_states else None
-        self._disc_state = (self.disc.get_state.remote() if self.keep_states and self.disc
-                            else None)
+        self._disc_state = (self.disc.get_state.remote()
+                            if self.keep_states and self.disc and not self.joined else None)
         if self.keep_states:  # the learners started (else their error is raised here, not later)
             be.get([ref for ref in (self._policy_state, self._disc_state) if ref is not None])
         self._server_incarnation = (be.get(self.param_server.get_incarnation.remote())
@@ -189,8 +207,8 @@ class DistributedRuntime:
         config, be, rt = self.config, self.be, self.config.runtime
         self.actors = [
             be.create(ActorWorker, config, i, self.param_server, self.disc, self._targets_ref,
-                      rt.runtime, self._first_unrolls[i], num_cpus=1, max_restarts=-1,
-                      runtime_env={"env_vars": SINGLE_THREAD_ENV})
+                      rt.runtime, self._first_unrolls[i], self.policy_stream, num_cpus=1,
+                      max_restarts=-1, runtime_env={"env_vars": SINGLE_THREAD_ENV})
             for i in range(rt.num_actors)]
         self.queue = TrajectoryQueue(be, self.actors, rt.capacity, rt.max_policy_lag,
                                      on_actor_failure=self._on_actor_failure,
@@ -276,7 +294,7 @@ class DistributedRuntime:
     def _disc_step(self, report: StepReport):
         """Earn this policy update's discriminator updates; start them when the last finished."""
         rate = self.config.runtime.disc_updates_per_policy_update
-        if self.disc is None or rate <= 0:
+        if self.disc is None or rate <= 0 or self.joined:
             return
         self._disc_credit += rate
         if self._disc_future is None or self.be.wait([self._disc_future[0][0]], timeout=0)[0]:
@@ -329,7 +347,7 @@ class DistributedRuntime:
             self._server_incarnation = incarnation
             self.counters["server_restarts"] += 1
             self.learner.publish.remote()
-            if self.disc is not None:
+            if self.disc is not None and not self.joined:
                 self.disc.publish.remote()
             self.say("parameter server restarted (its process died): the learners published "
                      "their parameters again.")
@@ -345,6 +363,7 @@ class DistributedRuntime:
             self._submit_update(refs, sum(m["agent_steps"] for m, _ in items),
                                 sum(m["episodes"] for m, _ in items))
             self._submitted += 1
+            self.recent_batches.append(refs)
             sample_ref = refs[0] if want_samples else None
             self._finish_updates(report, keep=1)
             self._disc_step(report)
@@ -366,30 +385,47 @@ class DistributedRuntime:
         report.values = self._values()
         return report
 
+    @property
+    def updates_started(self) -> int:
+        """Policy updates started so far (finished or in flight)."""
+        return self._submitted
+
+    def policy_state(self):
+        """After a flush, the policy learner's state (``LearnerState`` of numpy arrays)."""
+        if self.keep_states:   # the state the last update left
+            return self.be.get(self._policy_state)
+        return self.be.get(self.learner.get_state.remote())
+
+    def set_policy_state(self, state, config_hyperparams: bool = False) -> None:
+        """After a flush, continue from another policy learner state (a restore, or a
+        population's exploit); ``config_hyperparams``: with this run's configured
+        hyperparameters instead of the state's."""
+        self.be.get(self.learner.set_state.remote(state, config_hyperparams))
+        if self.keep_states:
+            self._policy_state = self.learner.get_state.remote()
+        self._skipped = int(np.asarray(state.skipped_updates))
+
     def state(self) -> RuntimeState:
         be = self.be
-        if self.keep_states:   # after a flush, the states the last updates left
-            trees = {"policy": be.get(self._policy_state)}
-            if self.disc is not None:
-                trees["discriminator"] = be.get(self._disc_state)
-        else:
-            trees = {"policy": be.get(self.learner.get_state.remote())}
-            if self.disc is not None:
-                trees["discriminator"] = be.get(self.disc.get_state.remote())
-        if self.disc is not None:
+        trees = {"policy": self.policy_state()}
+        if self.disc is not None and not self.joined:
+            trees["discriminator"] = be.get(self._disc_state if self.keep_states
+                                            else self.disc.get_state.remote())
             trees["replay"] = be.get(self.disc.get_replay_state.remote())
         next_unrolls = self._first_unrolls if self.queue is None else self.queue.next_unrolls
         counters = dict(self.counters, disc_credit=self._disc_credit, next_unrolls=list(next_unrolls))
         return RuntimeState(trees, counters)
 
-    def restore(self, path: str, counters: dict) -> None:
+    def restore(self, path: str, counters: dict, policy_tree: str = "policy",
+                config_hyperparams: bool = True) -> None:
+        """``restore`` of the seam; ``policy_tree``: the policy's tree in the checkpoint;
+        ``config_hyperparams``: continue with this run's hyperparameters (else the saved ones,
+        e.g. a population member's)."""
         be = self.be
         template = be.get(self.learner.get_state.remote())
-        policy = restore_part(path, "policy", template, "policy learner")
-        be.get(self.learner.set_state.remote(policy, True))  # this run's hyperparameters
-        if self.keep_states:
-            self._policy_state = self.learner.get_state.remote()
-        if self.disc is not None:
+        policy = restore_part(path, policy_tree, template, "policy learner")
+        self.set_policy_state(policy, config_hyperparams)
+        if self.disc is not None and not self.joined:
             template = be.get(self.disc.get_state.remote())
             tree = restore_part(path, "discriminator", template, "discriminator")
             be.get(self.disc.set_state.remote(tree))
@@ -406,7 +442,6 @@ class DistributedRuntime:
         self._first_unrolls = [int(saved[i]) if i < len(saved) else 0
                                for i in range(self.config.runtime.num_actors)]
         self._submitted = self._finished = int(counters.get("updates", 0))
-        self._skipped = int(np.asarray(policy.skipped_updates))
 
     def summary(self) -> dict:
         stats = None if self.queue is None else self.queue.stats
@@ -417,7 +452,8 @@ class DistributedRuntime:
 
     def close(self):
         """End every worker of this run, so a later run in the same Ray session starts clean."""
-        for handle in self.actors + [self.learner, self.disc, self.param_server]:
+        shared = [] if self.joined else [self.disc, self.param_server]
+        for handle in self.actors + [self.learner] + shared:
             if handle is not None:
                 try:
                     self.be.kill(handle, no_restart=True)

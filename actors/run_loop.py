@@ -8,7 +8,9 @@ run whose numbers went bad, and the result. A runtime supplies only what differs
 through the seam of ``spiral.actors.runtime``: ``step``, ``flush``, ``state``, ``restore``,
 ``summary`` and ``close``. ``RUNTIMES`` names them: "ray" and "local" are
 ``spiral.actors.driver.DistributedRuntime`` (workers on Ray, or the same workers called in this
-process), "fused" is ``spiral.actors.fused.FusedRuntime`` (one jitted program). The runtimes do
+process), "fused" is ``spiral.actors.fused.FusedRuntime`` (one jitted program); with
+``--population_size`` > 1, "ray" and "local" run ``spiral.actors.population.PopulationRuntime``
+(its ``max_updates`` counts each member's updates). The runtimes do
 not import this module, and it does not import the evaluation: the launcher passes
 ``on_checkpoint`` (``spiral.evaluation.log_checkpoint_metrics``).
 
@@ -37,11 +39,13 @@ import numpy as np
 from spiral.actors import checkpointing, monitoring
 from spiral.actors.driver import DistributedRuntime
 from spiral.actors.fused import FusedRuntime
+from spiral.actors.population import PopulationRuntime
 from spiral.actors.runtime import RunError, StepReport, load_run_data
 
 # Config fields that must equal the checkpoint's to resume from it: the task, the networks and
 # the reward. Anything else may change and is then applied (and printed).
 MUST_MATCH = ("dataset", "reward", "normalise_l2", "temporal_credit_assignment", "env", "agent",
+              "population.size",
               "discriminator.loss", "discriminator.image_channels", "discriminator.image_size",
               "discriminator.conditional",
               "discriminator.complement", "discriminator.channels",
@@ -55,6 +59,11 @@ MAX_REFUSED_IN_A_ROW = 10
 
 
 RUNTIMES = {"ray": DistributedRuntime, "local": DistributedRuntime, "fused": FusedRuntime}
+
+
+def runtime_class(config) -> type:
+    """The runtime a config runs on: ``RUNTIMES``, or a population of policy learners."""
+    return PopulationRuntime if config.population.size > 1 else RUNTIMES[config.runtime.runtime]
 
 
 @dataclasses.dataclass
@@ -251,7 +260,7 @@ class RunLoop:
         self.rt = config.runtime
         self.say = say_fn
         self.on_checkpoint = on_checkpoint
-        self.make_runtime = make_runtime or RUNTIMES[config.runtime.runtime]
+        self.make_runtime = make_runtime or runtime_class(config)
         self.counters = Counters()
         self.last_checkpoint_path: Optional[str] = None
         self.policy_metrics: dict = {}
@@ -355,11 +364,15 @@ class RunLoop:
         self.last_checkpoint_path = path
         self.say(f"checkpoint: {path}")
         policy = state.trees.get("policy")
-        if self.on_checkpoint is not None and policy is not None:
-            try:
+        # A runtime with several policies (a population) exports and evaluates each itself.
+        after_checkpoint = getattr(runtime, "after_checkpoint", None)
+        try:
+            if after_checkpoint is not None:
+                after_checkpoint(path, counters, self.on_checkpoint)
+            elif self.on_checkpoint is not None and policy is not None:
                 self.on_checkpoint(self.config, policy.params, counters, monitor)
-            except OSError as e:
-                self.say(f"evaluation at update {self.counters.updates} could not be written: {e}.")
+        except OSError as e:
+            self.say(f"evaluation at update {self.counters.updates} could not be written: {e}.")
         return path
 
     def _elapsed(self) -> float:
@@ -370,8 +383,8 @@ class RunLoop:
         rt = self.rt
         if rt.max_minutes and time.monotonic() - self._start >= 60 * rt.max_minutes:
             return 0
-        if rt.max_updates:
-            return max(rt.max_updates - self.counters.updates, 0)
+        if rt.max_updates:   # a population's budget is per member
+            return max(rt.max_updates * self.config.population.size - self.counters.updates, 0)
         return None
 
     # ------------------------------------------------------------------ run

@@ -1,9 +1,9 @@
 """The runtime seam: what a runtime hands the run loop, and the errors and data they share.
 
 A runtime (``driver.DistributedRuntime`` for "ray" and "local", ``fused.FusedRuntime`` for
-"fused", and any future one, e.g. a population of policy learners) implements ``Runtime``; the
-run loop (``spiral.actors.run_loop``) does everything else. This module imports neither, so
-both sides import it without a cycle.
+"fused", ``population.PopulationRuntime`` for a population of policy learners) implements
+``Runtime``; the run loop (``spiral.actors.run_loop``) does everything else. This module imports
+neither, so both sides import it without a cycle.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ class Runtime(Protocol):
       hyperparameters the learners keep in their states.
     * ``summary()``: extra entries of the run's result ("counters": the runtime's own, merged
       into the result's counters); ``close()``: stop every worker.
+    * ``after_checkpoint(path, counters, on_checkpoint)``, optional: what follows a written
+      checkpoint instead of the run loop's ``on_checkpoint`` of ``trees["policy"]`` (a
+      population exports and evaluates each member, ``spiral.actors.population``).
     """
 
     def step(self, updates_left: Optional[int], want_samples: bool) -> StepReport: ...

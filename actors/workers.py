@@ -78,11 +78,12 @@ class ParameterCache:
     def __init__(self, backend, parameter_server):
         self._backend = backend
         self._server = parameter_server
-        self._current = {POLICY: (-1, None), DISCRIMINATOR: (-1, None)}
+        self._current = {}   # name -> (version, parameters)
 
     def get(self, name: str, timeout_s: float = 600.0):
         """(version, parameters): pulls a newer version if there is one; waits for the first."""
         start = time.monotonic()
+        self._current.setdefault(name, (-1, None))
         while True:
             latest = self._backend.get(self._server.latest.remote(name, self._current[name][0]))
             if latest is not None:
@@ -103,10 +104,13 @@ class ActorWorker:
     """Paints ``envs_per_actor`` episodes per ``unroll`` call with the newest published policy."""
 
     def __init__(self, config, actor_index: int, parameter_server, discriminator_worker,
-                 wrapped_targets: Optional[list], backend_name: str, unroll_index: int = 0):
+                 wrapped_targets: Optional[list], backend_name: str, unroll_index: int = 0,
+                 policy_stream: str = POLICY):
         """``unroll_index``: where this actor's streams continue (a resumed run passes the
-        ``metadata["unroll_index"] + 1`` of the actor's last unroll it kept)."""
+        ``metadata["unroll_index"] + 1`` of the actor's last unroll it kept). ``policy_stream``:
+        the name its policy learner publishes under (one per member of a population)."""
         self._backend = make_backend(backend_name)
+        self._policy_stream = policy_stream
         self._params = ParameterCache(self._backend, parameter_server)
         self._disc = discriminator_worker
         self.restarted = _was_restarted()
@@ -123,7 +127,7 @@ class ActorWorker:
     def unroll(self):
         start = time.perf_counter()
         idle = 0.0 if self._last_end is None else start - self._last_end
-        policy_version, params = self._params.get(POLICY)
+        policy_version, params = self._params.get(self._policy_stream)
         disc_version, weights = self._params.get(DISCRIMINATOR) if self._needs_disc else (-1, None)
         result = self.runner.unroll(params, policy_version, weights, disc_version)
         if self._disc is not None:  # fire and forget: the replay copies them
@@ -144,9 +148,11 @@ class PolicyLearnerWorker:
     serves to the actors, a freshly initialised policy.
     """
 
-    def __init__(self, config, parameter_server, backend_name: str):
+    def __init__(self, config, parameter_server, backend_name: str, policy_stream: str = POLICY):
+        """``policy_stream``: the name it publishes under (one per member of a population)."""
         self._backend = make_backend(backend_name)
         self._params = parameter_server
+        self._policy_stream = policy_stream
         self.learner = PolicyLearner(config.agent, config.policy, seed=config.runtime.seed)
         self._config_hyperparams = self.learner.state.hyperparams
         self._rewards = None
@@ -164,7 +170,8 @@ class PolicyLearnerWorker:
         if self.awaiting_state:
             return -1
         params = jax.device_get(self.learner.params)
-        self._params.publish.remote(POLICY, self.learner.step, [self._backend.put(params)], force)
+        self._params.publish.remote(self._policy_stream, self.learner.step,
+                                    [self._backend.put(params)], force)
         return self.learner.step
 
     def update(self, *trajectories: Trajectory) -> dict:

@@ -26,9 +26,11 @@ Layout it reads. A *member* is one training run's folder, as every launch script
     <member>/checkpoints/eval_log.jsonl        the metrics at every checkpoint
     <member>/checkpoints/evaluation/<ckpt>/    evaluate.py's folders (metrics.json, samples.png, ...)
 
-``find_members(run_dir)`` returns ``[run_dir]`` when ``run_dir`` is such a folder; otherwise every
-sub-folder that is one, sorted by name: a population (e.g. PBT) is a folder of member folders,
-``<run_dir>/<member name>/{tb,checkpoints}``, and the report puts its members side by side.
+``find_members(run_dir)`` returns every sub-folder of ``run_dir`` that is such a folder, sorted by
+name, when there is one: a population (``--population_size``, ``spiral.actors.population``) is a
+folder of member folders, ``<run_dir>/<member name>/{tb,checkpoints}``, beside the population's
+own ``tb/`` and ``checkpoints/`` (the shared critic, PBT), and the report puts its members side by
+side; otherwise ``[run_dir]`` when ``run_dir`` is a run folder itself.
 """
 
 from __future__ import annotations
@@ -155,13 +157,14 @@ def is_run_folder(path: str) -> bool:
 
 
 def find_members(run_dir: str) -> list[str]:
-    """``[run_dir]`` if it is a run folder, else its sub-folders that are (a population)."""
+    """The sub-folders of ``run_dir`` that are run folders (a population), else ``[run_dir]`` if
+    it is one."""
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"no run folder {run_dir!r}: pass the --run_dir a training script wrote.")
-    if is_run_folder(run_dir):
-        return [run_dir]
     members = sorted(os.path.join(run_dir, name) for name in os.listdir(run_dir)
                      if is_run_folder(os.path.join(run_dir, name)))
+    if not members and is_run_folder(run_dir):
+        return [run_dir]
     if not members:
         raise FileNotFoundError(
             f"{run_dir!r} is not a run folder (it has no tb/ or checkpoints/ inside) and holds none: "

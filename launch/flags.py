@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 
 from absl import flags
 
-from spiral.actors.config import DATASETS, REWARDS, RUNTIMES, ExperimentConfig, RuntimeConfig
+from spiral.actors.config import (DATASETS, REWARDS, RUNTIMES, ExperimentConfig, PopulationConfig,
+                                  RuntimeConfig)
 from spiral.discriminator import DiscriminatorConfig
 from spiral.discriminator.config import LOSSES
 from spiral.envs import PaintConfig
@@ -61,19 +62,24 @@ PRESETS = {
 
 # The config sections whose fields become flags, by their path in ExperimentConfig.
 SECTIONS = (("", ExperimentConfig), ("env", PaintConfig), ("policy", PolicyLearnerConfig),
-            ("discriminator", DiscriminatorConfig), ("runtime", RuntimeConfig))
+            ("discriminator", DiscriminatorConfig), ("runtime", RuntimeConfig),
+            ("population", PopulationConfig))
 # Flags named otherwise than their field: the names users know.
 RENAMED = {"policy.transposed_conv": "learner_transposed_conv",
            "discriminator.loss": "discriminator_loss",
            "discriminator.complement": "complement_discriminator",
            "discriminator.learning_rate": "disc_learning_rate",
-           "discriminator.batch_size": "disc_batch_size"}
+           "discriminator.batch_size": "disc_batch_size",
+           "population.size": "population_size",
+           **{f"population.{name}": f"pbt_{name}" for name in (
+               "ready_every_updates", "learning_rate_range", "entropy_cost_range", "truncation",
+               "perturb_factors", "fitness_episodes")}}
 # Fields that are no flag, and why.
 _SPIRALS_VALUE = "SPIRAL's value (SPIRAL.md); change it in code, not per run"
 NOT_FLAGS = {
     "env": "a section: its fields are flags", "agent": "follows --network and the environment",
     "policy": "a section: its fields are flags", "discriminator": "a section: its fields are flags",
-    "runtime": "a section: its fields are flags",
+    "runtime": "a section: its fields are flags", "population": "a section: its fields are flags",
     "env.background": "the datasets are dark ink on white, and so is the canvas",
     "env.l2_reward": "the reward is chosen with --reward (the runtimes compute every reward)",
     "policy.baseline_cost": _SPIRALS_VALUE, "policy.discount": _SPIRALS_VALUE,
@@ -287,7 +293,8 @@ def config_from_values(values: dict[str, Any]) -> ExperimentConfig:
                                channels=DISC_SIZES[values["disc_network"]],
                                **sections["discriminator"])
     return ExperimentConfig(env=env, agent=agent, policy=PolicyLearnerConfig(**sections["policy"]),
-                            discriminator=disc, runtime=RuntimeConfig(**run), **sections[""])
+                            discriminator=disc, runtime=RuntimeConfig(**run),
+                            population=PopulationConfig(**sections["population"]), **sections[""])
 
 
 def config_from_flags() -> ExperimentConfig:
@@ -307,7 +314,18 @@ def describe(config: ExperimentConfig) -> str:
             f"  agent {params:,} parameters; runtime {rt.runtime}: {rt.num_actors} actors x "
             f"{rt.envs_per_actor} envs, batch {rt.batch_size}, GPUs {rt.num_gpus:g}\n"
             f"  budget: {rt.max_updates or 'no'} updates / {rt.max_minutes or 'no'} minutes; "
-            f"logs {rt.logdir}; checkpoints {rt.checkpoint_dir}")
+            f"logs {rt.logdir}; checkpoints {rt.checkpoint_dir}" + _describe_population(config))
+
+
+def _describe_population(config: ExperimentConfig) -> str:
+    pop = config.population
+    if pop.size == 1:
+        return ""
+    rounds = (f"a PBT round every {pop.ready_every_updates} updates of each member"
+              if pop.ready_every_updates else "no PBT rounds")
+    return (f"\n  population of {pop.size} sharing one critic (updates and budget per member), "
+            f"{rounds}; learning rate {pop.learning_rate_range[0]:g}..{pop.learning_rate_range[1]:g}, "
+            f"entropy cost {pop.entropy_cost_range[0]:g}..{pop.entropy_cost_range[1]:g}")
 
 
 def start_script(argv) -> None:

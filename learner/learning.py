@@ -22,6 +22,7 @@ batch's, and with PopArt the value head's last layer is rescaled so that σ'·�
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Any, Callable, NamedTuple, Optional
@@ -226,7 +227,9 @@ def make_update_step(agent: Agent, config: PolicyLearnerConfig
 
 @functools.lru_cache(maxsize=None)
 def _jitted_update_step(agent_config: AgentConfig, config: PolicyLearnerConfig):
-    """One jitted update per configuration, shared by learners in a process (compiles once)."""
+    """One jitted update per configuration, shared by learners in a process (compiles once).
+    Called with the initial learning rate and entropy cost zeroed: they live in the state, so
+    learners that differ only there (a population's members) share it."""
     agent = Agent(agent_config, config.compute_dtype, config.transposed_conv)
     # Donating the state lets XLA update parameters in place; the CPU backend does not use it.
     donate = () if jax.default_backend() == "cpu" else (0,)
@@ -250,7 +253,8 @@ class PolicyLearner:
         self.config = config
         self.agent = Agent(agent_config, config.compute_dtype, config.transposed_conv)
         self.update_step = make_update_step(self.agent, config)
-        self._jitted_update = _jitted_update_step(agent_config, config)
+        self._jitted_update = _jitted_update_step(
+            agent_config, dataclasses.replace(config, learning_rate=0.0, entropy_cost=0.0))
         self._state = init_learner_state(self.agent, config, jax.random.PRNGKey(seed), params)
         self.num_calls = 0
 
