@@ -107,6 +107,15 @@ CHOICES = {"dataset": DATASETS, "reward": REWARDS, "env.jump_start": JUMP_STARTS
 # Where a script's default differs from the dataclass's (which suits tests and library use).
 LAUNCH_DEFAULTS = {
     "policy.transposed_conv": "depth_to_space",   # the same function, ~2x faster updates on CPU
+    # The learning recipe (benchmarks/RESULTS.md, learning_curve): the value head normalised by
+    # PopArt (the critic's scale drifts, raw L2 sums are in the hundreds), a `flag` entropy weight
+    # that keeps the policy painting (without it `flag` collapses to "never paint" before the
+    # location heads learn where to), per-step rewards (SPIRAL++'s TCA; for L2 the distance each
+    # stroke removes) and SPIRAL++'s SN-GAN critic.
+    "policy.value_normalisation": "popart",
+    "policy.entropy_weights": (("flag", 100.0),),
+    "temporal_credit_assignment": True,
+    "discriminator.loss": "sngan",
     "runtime.max_updates": 20000,
     "runtime.num_actors": max(1, (os.cpu_count() or 2) - 1),   # one core for the learners
     "runtime.run_dir": None, "runtime.logdir": None, "runtime.checkpoint_dir": None,

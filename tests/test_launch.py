@@ -54,7 +54,6 @@ def test_config_round_trips_through_json(tmp_path):
     (dict(batch_size=10), "multiple of --envs_per_actor"),
     (dict(num_gpus=3), "--num_gpus"),
     (dict(max_updates=0, max_minutes=0), "budget"),
-    (dict(observation_width=32, grid_width=16), "only works with --reward=l2"),
     (dict(queue_capacity=1, num_actors=2), "queue_capacity"),
     (dict(brush_sizes=["a"]), "--brush_sizes must be numbers"),
     (dict(runtime="gpu"), "--runtime"),
