@@ -100,7 +100,9 @@ class Monitor:
         self._say = say_fn or (lambda message: print(message, file=stream, flush=True))
         if logdir:
             from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-            self._writer = SummaryWriter(logdir, flush_secs=10)
+            # A deep queue: tensorboardX's queue blocks the caller when full, and a writer thread
+            # that died (the disk refused a write) never empties it; the run must not wait on it.
+            self._writer = SummaryWriter(logdir, flush_secs=10, max_queue=100_000)
         self._print_every_s = print_every_s
         self._stream = stream
         self._start = time.monotonic()
@@ -122,13 +124,21 @@ class Monitor:
         except OSError as e:
             self._give_up(e)
             return
+        self._writer_alive()
+
+    def _writer_alive(self) -> bool:
+        """False (after saying so once) when the writer's thread has stopped."""
+        if self._writer is None:
+            return False
         worker = getattr(getattr(getattr(self._writer, "file_writer", None), "event_writer", None),
                          "_worker", None)
         if worker is not None and not worker.is_alive():
             self._give_up("its writer thread stopped")
+            return False
+        return True
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str = ""):
-        if self._writer is None:
+        if not self._writer_alive():
             return
         for key, value in values.items():
             if value is None:
@@ -138,7 +148,7 @@ class Monitor:
                 self._writer.add_scalar(prefix + key, value, step)
 
     def images(self, step: int, tag: str, images: np.ndarray):
-        if self._writer is None:
+        if not self._writer_alive():
             return
         self._writer.add_image(tag, image_grid(images), step, dataformats="HWC")
 

@@ -25,7 +25,7 @@ from spiral.actors.runtime import RunError
 from spiral.actors.workers import PolicyLearnerWorker
 from spiral.launch import flags as launch_flags
 from spiral.learner import Hyperparams
-from test_runtime_e2e import descendants, tiny_config, tiny_values, worker_pids
+from test_runtime_e2e import descendants, ray_2cpu, tiny_config, tiny_values, worker_pids  # noqa: F401 (a fixture)
 
 
 class Lines(list):
@@ -46,16 +46,6 @@ class Lines(list):
 
 def _tree_leaves(path):
     return jax.tree.leaves(checkpointing.restore_tree(path))
-
-
-@pytest.fixture
-def ray_2cpu():
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 # ---------------------------------------------------------------------------- killed workers

@@ -1,6 +1,7 @@
 """The runtime's plumbing on the local backend: queue bounds and staleness, parameter service, logs."""
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -111,6 +112,28 @@ def test_monitor_prints_at_most_once_per_interval(tmp_path):
     line = out.getvalue().strip()
     assert line.count("\n") == 0 and "upd 1" in line and "lag 0.5" in line and "D(real)" not in line
     assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard event file written"
+
+
+def test_a_dead_tensorboard_writer_neither_blocks_nor_stops_logging(tmp_path):
+    """The writer's thread dies on a refused write: scalars after it must not block (tensorboardX
+    blocks its caller once its queue is full and nobody empties it), and the monitor says so once."""
+    said = []
+    mon = monitoring.Monitor(str(tmp_path), print_every_s=3600, stream=io.StringIO(),
+                             say_fn=said.append)
+    mon.scalars(0, {"x": 0.0})
+    events = mon._writer.file_writer.event_writer   # pylint: disable=protected-access
+
+    def refuse(_event):
+        raise OSError(27, "File too large")
+    events._ev_writer.write_event = refuse          # pylint: disable=protected-access
+    logging_thread = threading.Thread(
+        target=lambda: [mon.scalars(step, {"x": float(step), "y": 1.0}) for step in range(1, 200)],
+        daemon=True)
+    logging_thread.start()
+    logging_thread.join(timeout=30)
+    assert not logging_thread.is_alive(), "scalars blocked on a dead TensorBoard writer"
+    mon.progress(200, {"updates": 200}, force=True)
+    assert len(said) == 1 and "training goes on without them" in said[0], said
 
 
 
