@@ -109,7 +109,8 @@ def initial_hyperparams(population, seed: int) -> list[tuple[float, float]]:
     rng = np.random.default_rng([seed, _INITIAL_DRAWS])
     rates = log_uniform(rng, *population.learning_rate_range, population.size)
     costs = log_uniform(rng, *population.entropy_cost_range, population.size)
-    return [(_f32(a), _f32(b)) for a, b in zip(rates, costs)]
+    return [(_f32_within(a, population.learning_rate_range),
+             _f32_within(b, population.entropy_cost_range)) for a, b in zip(rates, costs)]
 
 
 def truncation_count(size: int, fraction: float) -> int:
@@ -134,7 +135,7 @@ def truncation_selection(fitness: Sequence[float], fraction: float,
 def perturb(value: float, rng: np.random.Generator, factors: Sequence[float],
             bounds: tuple[float, float]) -> float:
     """``value`` times one of ``factors`` drawn uniformly, clipped to ``bounds`` (float32)."""
-    return _f32(np.clip(value * factors[rng.integers(len(factors))], *bounds))
+    return _f32_within(value * factors[rng.integers(len(factors))], bounds)
 
 
 def explore(hyperparams: tuple[float, float], rng: np.random.Generator,
@@ -147,6 +148,18 @@ def explore(hyperparams: tuple[float, float], rng: np.random.Generator,
 
 def _f32(value) -> float:
     return float(np.float32(value))
+
+
+def _f32_within(value: float, bounds: tuple[float, float]) -> float:
+    """``value`` clipped to ``bounds`` as the nearest float32 inside them (a bound itself may
+    round to a float32 just outside)."""
+    low, high = bounds
+    value = np.float32(min(max(value, low), high))
+    if float(value) > high:   # compared in float64 (numpy would compare in float32)
+        value = np.nextafter(value, np.float32(-np.inf))
+    if float(value) < low:
+        value = np.nextafter(value, np.float32(np.inf))
+    return float(value)
 
 
 def final_scores(score_fn: Callable, weights, trajectories: Sequence) -> np.ndarray:

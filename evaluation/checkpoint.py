@@ -53,6 +53,10 @@ def load_checkpoint(path: str) -> LoadedPolicy:
     folder = checkpointing.resolve_checkpoint(path)
     config_dict, counters = checkpointing.read_run_info(folder)
     config = ExperimentConfig.from_dict(config_dict)
+    if config.population.size > 1 and not os.path.isdir(os.path.join(folder, "policy")):
+        raise ValueError(f"{folder} is a population's checkpoint ({config.population.size} "
+                         f"members): each member has its own, in <run_dir>/<member>/checkpoints "
+                         f"(e.g. {os.path.join(config.runtime.run_dir, 'member_00', 'checkpoints')}).")
     agent = Agent(config.agent, config.policy.compute_dtype, config.policy.transposed_conv)
     state = checkpointing.restore_tree(os.path.join(folder, "policy"))
     if not isinstance(state, dict) or "params" not in state:
