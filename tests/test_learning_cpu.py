@@ -1,11 +1,14 @@
 """The agent learns: CPU-sized conditional MNIST reconstruction with the L2 reward.
 
 A reduced configuration (32×32 observation, 16×16 grid, 5 strokes, the tiny network, batch 16,
-learning rate 1e-3) trained for a fixed number of policy updates in the deterministic local
-runtime. The held-out L2 (the evaluation's own measure, 64 fixed test digits) must fall clearly
-below both the uniform random policy's and the untrained agent's. Nothing here is tuned to the
-answer: a learner that does not learn (a broken gradient, a reward with the wrong sign, a
-learning rate of 0) leaves the L2 near the untrained agent's and fails.
+learning rate 1e-3) with the launch flags' learning recipe (normalised per-step L2 rewards,
+running value normalisation, the `flag` entropy weight), trained for a fixed number of policy
+updates in the deterministic local runtime. The held-out L2 (the evaluation's own measure, 64
+fixed test digits) must fall clearly below the blank canvas's: the bar a policy that learned to
+stop painting does not clear (it scores exactly the blank canvas), and below the untrained
+agent's and the random policy's.
+Nothing here is tuned to the answer: a learner that does not learn (a broken gradient, a reward
+with the wrong sign, a learning rate of 0, an exploration collapse) stays at or above the blank.
 """
 
 import os
@@ -19,7 +22,8 @@ from spiral.evaluation import checkpoint_metrics, log_checkpoint_metrics, read_e
 from spiral.launch import flags as launch_flags
 from spiral.learner import Agent
 
-UPDATES = 150
+UPDATES = 500
+BLANK_FRACTION = 0.85   # learning_curve's (a) reaches ~0.75 of the blank by 800 updates
 
 
 def reduced_config(run_dir, **overrides):
@@ -38,6 +42,7 @@ def test_l2_reward_lowers_the_heldout_l2_below_the_random_policy(tmp_path):
     config = reduced_config(tmp_path)
     result = run_loop.train(config, on_checkpoint=log_checkpoint_metrics)
     assert result["counters"]["updates"] == UPDATES
+    assert config.policy.value_normalisation == "running" and config.temporal_credit_assignment
     (record,) = read_eval_log(config.runtime.checkpoint_dir)   # the final checkpoint's evaluation
     trained = record["metrics"]
     untrained = checkpoint_metrics(config, Agent(config.agent).init(jax.random.PRNGKey(0)),
@@ -45,5 +50,6 @@ def test_l2_reward_lowers_the_heldout_l2_below_the_random_policy(tmp_path):
     print(f"held-out L2 after {UPDATES} updates: {trained['l2']:.1f}; untrained {untrained['l2']:.1f}, "
           f"random policy {trained['random_l2']:.1f}, blank canvas {trained['blank_l2']:.1f}")
     assert trained["random_l2"] == pytest.approx(untrained["random_l2"])
-    assert trained["l2"] < 0.6 * trained["random_l2"]
-    assert trained["l2"] < 0.6 * untrained["l2"]
+    assert trained["l2"] < BLANK_FRACTION * trained["blank_l2"]
+    assert trained["l2"] < 0.5 * trained["random_l2"]
+    assert trained["l2"] < BLANK_FRACTION * untrained["l2"]

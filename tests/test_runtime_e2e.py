@@ -69,8 +69,8 @@ def tiny_config(tmp_path, **overrides):
 
 
 def test_reward_sits_on_the_last_step_and_equals_the_critic_score(data_dir, tmp_path):
-    """The data path keeps the final step's reward: r_T = D(final canvas), earlier rewards 0."""
-    config = tiny_config(tmp_path)
+    """Final-step rewards (no TCA): r_T = D(final canvas), earlier rewards 0."""
+    config = tiny_config(tmp_path, temporal_credit_assignment=False)
     runner = EpisodeRunner(config, actor_index=0)
     params = Agent(config.agent).init(jax.random.PRNGKey(1))
     version, weights = DiscriminatorLearner(config.discriminator, seed=3).publish()
