@@ -36,7 +36,7 @@ def reduced_config(run_dir, **overrides):
     return launch_flags.config_from_values(launch_flags.default_values("mnist", **values))
 
 
-def test_l2_reward_lowers_the_heldout_l2_below_the_random_policy(tmp_path):
+def test_l2_reward_lowers_the_heldout_l2_below_the_blank_canvas(tmp_path):
     data = os.environ.get("SPIRAL_DATA_DIR")
     skip_unless(bool(data) and os.path.isdir(data), "no dataset folder: set SPIRAL_DATA_DIR")
     config = reduced_config(tmp_path)
