@@ -15,7 +15,8 @@ Every checkpoint is scored by the evaluation hook on the same 64 held-out episod
 every run), ``<task>.png`` (the task's metric against frames, one line per seed, with the
 blank-canvas / random-policy / real-image references dashed), ``<task>_seed<k>_samples.png`` (the
 16 evaluation canvases of every checkpoint, one row per checkpoint, from the run's TensorBoard
-images), and prints one Markdown table (``--write_results`` puts it in benchmarks/RESULTS.md).
+images; ``_final.png`` the last one alone), ``conditional.png`` (tasks (a) and (b) on one plot,
+when both ran), and prints one Markdown table (``--write_results`` puts it in benchmarks/RESULTS.md).
 "Frames" are agent steps. "CPU s" is the run's process CPU time (all threads): the local runtime
 is one process, so it is the run's whole cost, steadier than wall time on a shared machine.
 
@@ -63,7 +64,7 @@ TASKS = {
     "disc_unconditional": dict(
         title="(c) unconditional MNIST, discriminator reward",
         flags=dict(conditional=False, reward="discriminator", episode_length=8),
-        metric="frechet", label="Fréchet distance (classifier features)",
+        metric="frechet", label="Frechet distance (classifier features)",   # the plot's font lacks é
         references=("blank", "random", "real"),
         extra=("classifier_confidence", "class_entropy")),
 }
@@ -248,6 +249,7 @@ def sample_strip(logdir: str, path: str, max_rows: int = 12) -> str | None:
         keep = sorted(set(np.linspace(0, len(images) - 1, max_rows).round().astype(int)))
         images = [images[i] for i in keep]
     rows = [(step, Image.open(io.BytesIO(data)).convert("RGB")) for step, data in images]
+    rows[-1][1].save(path.replace("_samples.png", "_final.png"))   # the last checkpoint's alone
     margin = 70
     width = margin + max(im.width for _, im in rows)
     strip = Image.new("RGB", (width, sum(im.height + 4 for _, im in rows)), "white")
@@ -295,7 +297,7 @@ def table(summaries: list[dict]) -> str:
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    summaries, pictures = [], []
+    summaries, pictures, all_curves = [], [], {}
     csv_rows = []
     for task in args.tasks:
         spec = TASKS[task]
@@ -315,6 +317,7 @@ def main(argv=None):
                                  os.path.join(args.out, f"{task}_seed{seed}_samples.png"))
             if strip:
                 pictures.append(strip)
+        all_curves[task] = curves
         last = next(rows for rows in curves.values() if rows)[-1]
         references = {f"{ref} ": last[f"{ref}_{spec['metric']}"] for ref in spec["references"]
                       if f"{ref}_{spec['metric']}" in last}
@@ -322,6 +325,17 @@ def main(argv=None):
         pictures.append(plot_curves(curves, spec["metric"], references,
                                     os.path.join(args.out, f"{task}.png"),
                                     f"{spec['title']}: {frames}, tiny nets, CPU", spec["label"]))
+
+    if {"l2", "disc_conditional"} <= set(all_curves):   # SPIRAL's Fig. 8 comparison, one plot
+        both = {f"{reward} reward, {seed}": rows
+                for task, reward in (("l2", "L2"), ("disc_conditional", "discriminator"))
+                for seed, rows in all_curves[task].items()}
+        spec = TASKS["l2"]
+        last = next(rows for rows in all_curves["l2"].values() if rows)[-1]
+        pictures.append(plot_curves(   # the blank canvas only: the random policy's L2 is far above
+            both, "l2", {"blank ": last["blank_l2"]},
+            os.path.join(args.out, "conditional.png"),
+            "conditional MNIST: L2 vs discriminator reward, tiny nets, CPU", spec["label"]))
 
     csv_path = os.path.join(args.out, "learning_curve.csv")
     names = sorted({k for r in csv_rows for k in r} - {"task", "seed"})
