@@ -114,6 +114,7 @@ def test_monitor_prints_at_most_once_per_interval(tmp_path):
     assert list(tmp_path.glob("events.out.tfevents.*")), "no TensorBoard event file written"
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer's, on purpose
 def test_a_dead_tensorboard_writer_neither_blocks_nor_stops_logging(tmp_path):
     """The writer's thread dies on a refused write: scalars after it must not block (tensorboardX
     blocks its caller once its queue is full and nobody empties it), and the monitor says so once."""
