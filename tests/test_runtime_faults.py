@@ -124,7 +124,10 @@ def test_a_slow_learner_backs_the_actors_up_without_unbounded_memory(data_dir, t
 
     thread = threading.Thread(target=sample_refs, daemon=True)
     thread.start()
-    config = tiny_config(tmp_path, runtime="ray", max_updates=8, num_actors=1, max_policy_lag=3)
+    # Final-step rewards: one critic call per episode keeps an unroll well under the learner's
+    # 1 s on a loaded machine (per-step rewards score every step).
+    config = tiny_config(tmp_path, runtime="ray", max_updates=8, num_actors=1, max_policy_lag=3,
+                         temporal_credit_assignment=False)
     try:
         result = run_loop.train(config, make_runtime=lambda c, d, s: DistributedRuntime(
             c, d, s, policy_learner_worker=slow_learner_class(1.0)))

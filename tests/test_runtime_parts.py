@@ -133,6 +133,8 @@ def test_a_dead_tensorboard_writer_neither_blocks_nor_stops_logging(tmp_path):
     logging_thread.start()
     logging_thread.join(timeout=30)
     assert not logging_thread.is_alive(), "scalars blocked on a dead TensorBoard writer"
+    events._worker.join(timeout=60)                 # pylint: disable=protected-access
+    assert not events._worker.is_alive(), "the refused write did not stop the writer's thread"  # pylint: disable=protected-access
     mon.progress(200, {"updates": 200}, force=True)
     assert len(said) == 1 and "training goes on without them" in said[0], said
 
