@@ -264,6 +264,16 @@ def sample_strip(logdir: str, path: str, max_rows: int = 12) -> str | None:
 
 # ------------------------------------------------------------------------------------- main
 
+def write_csv(path: str, keys: list[str], rows: list[dict]) -> str:
+    """``rows`` as CSV: the ``keys`` columns first, then every other column name, sorted."""
+    names = sorted({k for r in rows for k in r} - set(keys))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, keys + names)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def summarise(task: str, seed: int, rows: list[dict], cpu: float) -> dict:
     spec = TASKS[task]
     metric = spec["metric"]
@@ -337,12 +347,7 @@ def main(argv=None):
             os.path.join(args.out, "conditional.png"),
             "conditional MNIST: L2 vs discriminator reward, tiny nets, CPU", spec["label"]))
 
-    csv_path = os.path.join(args.out, "learning_curve.csv")
-    names = sorted({k for r in csv_rows for k in r} - {"task", "seed"})
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["task", "seed"] + names)
-        writer.writeheader()
-        writer.writerows(csv_rows)
+    csv_path = write_csv(os.path.join(args.out, "learning_curve.csv"), ["task", "seed"], csv_rows)
 
     load = os.getloadavg()[0]
     text = table(summaries)

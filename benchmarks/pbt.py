@@ -27,7 +27,6 @@ Usage (CPU; both arms at once, one process each)::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -165,12 +164,7 @@ def main(argv=None):
             best, METRIC, references, os.path.join(args.out, "pbt_best.png"),
             f"best member at each checkpoint: PBT vs independent, {args.members} members",
             "held-out L2 (frames: all members')"))
-    csv_path = os.path.join(args.out, "pbt.csv")
-    names = sorted({k for r in csv_rows for k in r} - {"arm", "member"})
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["arm", "member"] + names)
-        writer.writeheader()
-        writer.writerows(csv_rows)
+    csv_path = learning_curve.write_csv(os.path.join(args.out, "pbt.csv"), ["arm", "member"], csv_rows)
     load = os.getloadavg()[0]
     text = table(summaries)
     print(f"\nmachine: {results_md.machine()}; load average {load:.1f} at the end")
